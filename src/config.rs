@@ -1,0 +1,248 @@
+//! Transport configuration: identity, address, and every limit.
+
+use crate::error::ConfigError;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a [`Transport`](crate::Transport) needs to start. Build it
+/// with [`Config::new`] and adjust fields; [`Config::validate`] (called by
+/// `Transport::start`) says what is wrong, if anything.
+///
+/// The defaults work on loopback and on a LAN. Memory is bounded by these
+/// numbers: per peer and lane, a send queue of at most `send_queue_len`
+/// messages and `send_queue_bytes` bytes plus `max_inflight_batches`
+/// batches of about `batch_max_bytes`; per inbound connection, at most
+/// `conn_read_cap` bytes read but not yet decoded plus one frame being
+/// reassembled (`max_frame_len`); on the receive channels, at most
+/// `recv_queue_len` messages and about `recv_queue_bytes` bytes each.
+///
+/// ```
+/// use raftwire::Config;
+/// use std::time::Duration;
+///
+/// let mut config = Config::new(1, "127.0.0.1:0".parse().unwrap());
+/// config.cluster_id = 0xC0FFEE;
+/// config.read_timeout = Duration::from_secs(3);
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id. Non-zero (raft reserves 0 for "none").
+    pub node_id: u64,
+    /// The cluster id; connections from another cluster are rejected.
+    pub cluster_id: u64,
+    /// Address to listen on. Port 0 picks a free port; read the bound
+    /// address with [`Transport::local_addr`](crate::Transport::local_addr).
+    pub listen_addr: SocketAddr,
+
+    /// Largest frame payload accepted or sent, in bytes. A message whose
+    /// encoding is larger is dropped at the sender (counted as `too_large`).
+    pub max_frame_len: u32,
+    /// Per peer and lane: most messages queued for the writer.
+    pub send_queue_len: usize,
+    /// Per peer, message lane: most bytes queued (encoded size).
+    pub message_queue_bytes: usize,
+    /// Per peer, append lane: most bytes queued (encoded size).
+    pub append_queue_bytes: usize,
+    /// A writer flushes a batch when it reaches this many bytes…
+    pub batch_max_bytes: usize,
+    /// …or this many messages (or when its queue is empty).
+    pub batch_max_msgs: usize,
+    /// Per peer and lane: batches handed to the event loop but not yet
+    /// written to the socket. The writer waits when this many are out.
+    pub max_inflight_batches: usize,
+
+    /// Capacity of each receive channel (`messages()` and `proposals()`),
+    /// in messages.
+    pub recv_queue_len: usize,
+    /// Bytes (encoded size) that each receive channel may hold before the
+    /// reader stops delivering and, through TCP, the senders slow down.
+    pub recv_queue_bytes: usize,
+    /// Per inbound connection: bytes read from the socket and not yet
+    /// decoded. Past it the event loop stops reading that socket.
+    pub conn_read_cap: usize,
+    /// Size of each read from a socket.
+    pub read_chunk_len: usize,
+    /// Frames decoded from one connection before the reader serves the next
+    /// one (fairness between peers).
+    pub reader_fairness_budget: usize,
+
+    /// An idle connection sends a link heartbeat this often.
+    pub heartbeat_interval: Duration,
+    /// A connection that has received nothing for this long is closed (the
+    /// peer vanished or stopped). Must exceed twice `heartbeat_interval`.
+    pub read_timeout: Duration,
+    /// A connection whose pending writes have not moved for this long is
+    /// closed (the peer stopped reading).
+    pub write_timeout: Duration,
+    /// A dial that has not connected within this time fails.
+    pub dial_timeout: Duration,
+    /// An inbound connection that has not completed the handshake within
+    /// this time is closed.
+    pub handshake_timeout: Duration,
+    /// First redial delay after a failure.
+    pub backoff_floor: Duration,
+    /// Largest redial delay (before jitter, which adds up to a quarter).
+    pub backoff_cap: Duration,
+    /// `report_unreachable` is called at most once per peer per interval.
+    pub unreachable_report_interval: Duration,
+    /// Drop and error log lines are rate-limited to one per peer and reason
+    /// per interval (the counters in `stats()` see every event).
+    pub log_interval: Duration,
+
+    /// TCP keepalive idle time for every socket (`None` disables).
+    pub tcp_keepalive: Option<Duration>,
+    /// `SO_SNDBUF` for every socket (`None` keeps the system default).
+    pub send_buffer_size: Option<usize>,
+    /// `SO_RCVBUF` for every socket (`None` keeps the system default).
+    pub recv_buffer_size: Option<usize>,
+}
+
+impl Config {
+    /// A configuration with default limits and timings.
+    pub fn new(node_id: u64, listen_addr: SocketAddr) -> Config {
+        Config {
+            node_id,
+            cluster_id: 0,
+            listen_addr,
+            max_frame_len: 16 << 20,
+            send_queue_len: 4096,
+            message_queue_bytes: 8 << 20,
+            append_queue_bytes: 64 << 20,
+            batch_max_bytes: 256 << 10,
+            batch_max_msgs: 1024,
+            max_inflight_batches: 4,
+            recv_queue_len: 4096,
+            recv_queue_bytes: 64 << 20,
+            conn_read_cap: 1 << 20,
+            read_chunk_len: 64 << 10,
+            reader_fairness_budget: 64,
+            heartbeat_interval: Duration::from_millis(500),
+            read_timeout: Duration::from_secs(3),
+            write_timeout: Duration::from_secs(5),
+            dial_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(3),
+            backoff_floor: Duration::from_millis(50),
+            backoff_cap: Duration::from_millis(500),
+            unreachable_report_interval: Duration::from_millis(100),
+            log_interval: Duration::from_secs(1),
+            tcp_keepalive: Some(Duration::from_secs(30)),
+            send_buffer_size: None,
+            recv_buffer_size: None,
+        }
+    }
+
+    /// Checks every field; the error names the first field that is wrong
+    /// and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(field: &'static str, why: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError {
+                field,
+                reason: why.into(),
+            })
+        }
+        if self.node_id == 0 {
+            return bad("node_id", "must be non-zero (0 means \"no node\" in raft)");
+        }
+        if self.max_frame_len == 0 || self.max_frame_len > 1 << 30 {
+            return bad("max_frame_len", "must be between 1 byte and 1 GiB");
+        }
+        let nonzero = [
+            ("send_queue_len", self.send_queue_len),
+            ("message_queue_bytes", self.message_queue_bytes),
+            ("append_queue_bytes", self.append_queue_bytes),
+            ("batch_max_bytes", self.batch_max_bytes),
+            ("batch_max_msgs", self.batch_max_msgs),
+            ("max_inflight_batches", self.max_inflight_batches),
+            ("recv_queue_len", self.recv_queue_len),
+            ("recv_queue_bytes", self.recv_queue_bytes),
+            ("conn_read_cap", self.conn_read_cap),
+            ("read_chunk_len", self.read_chunk_len),
+            ("reader_fairness_budget", self.reader_fairness_budget),
+        ];
+        for (field, v) in nonzero {
+            if v == 0 {
+                return bad(field, "must be at least 1");
+            }
+        }
+        let durations = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("dial_timeout", self.dial_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("backoff_floor", self.backoff_floor),
+            ("backoff_cap", self.backoff_cap),
+            ("unreachable_report_interval", self.unreachable_report_interval),
+            ("log_interval", self.log_interval),
+        ];
+        for (field, d) in durations {
+            if d.is_zero() {
+                return bad(field, "must be longer than zero");
+            }
+        }
+        if self.read_timeout < self.heartbeat_interval * 2 {
+            return bad(
+                "read_timeout",
+                format!(
+                    "must be at least twice heartbeat_interval ({:?}), or idle connections \
+                     would time out between heartbeats",
+                    self.heartbeat_interval
+                ),
+            );
+        }
+        if self.backoff_cap < self.backoff_floor {
+            return bad("backoff_cap", "must not be below backoff_floor");
+        }
+        if self.tcp_keepalive.is_some_and(|d| d < Duration::from_secs(1)) {
+            return bad("tcp_keepalive", "must be at least one second (TCP counts in seconds)");
+        }
+        if self.send_buffer_size == Some(0) || self.recv_buffer_size == Some(0) {
+            return bad("send_buffer_size/recv_buffer_size", "must be non-zero when set");
+        }
+        Ok(())
+    }
+
+    /// The byte bound of a lane's send queue.
+    pub(crate) fn queue_bytes(&self, lane: crate::wire::Lane) -> usize {
+        match lane {
+            crate::wire::Lane::Message => self.message_queue_bytes,
+            crate::wire::Lane::Append => self.append_queue_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::new(1, "127.0.0.1:0".parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        cfg().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut c = cfg();
+        c.node_id = 0;
+        assert_eq!(c.validate().unwrap_err().field, "node_id");
+        let mut c = cfg();
+        c.send_queue_len = 0;
+        assert_eq!(c.validate().unwrap_err().field, "send_queue_len");
+        let mut c = cfg();
+        c.read_timeout = c.heartbeat_interval;
+        assert_eq!(c.validate().unwrap_err().field, "read_timeout");
+        let mut c = cfg();
+        c.backoff_cap = Duration::from_millis(1);
+        assert_eq!(c.validate().unwrap_err().field, "backoff_cap");
+        let mut c = cfg();
+        c.dial_timeout = Duration::ZERO;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "dial_timeout");
+        assert!(e.to_string().contains("dial_timeout"));
+    }
+}

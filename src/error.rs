@@ -1,0 +1,344 @@
+//! Errors, grouped by who is at fault: the caller (API misuse, [`Error`],
+//! [`SendError`]), the peer (it misbehaved or is incompatible: a
+//! [`CloseReason`] of a connection), or the network (I/O, timeouts).
+
+use crate::wire::{FrameError, RejectReason};
+use std::fmt;
+use std::io;
+
+/// A configuration field that is out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field's name in [`Config`](crate::Config).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config: {} {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A call on the transport that cannot be carried out. These are the
+/// caller's mistakes (or a bind failure at start); none is ever a panic.
+#[derive(Debug)]
+pub enum Error {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// Binding the listener or starting a thread failed.
+    Io(io::Error),
+    /// A peer was given no addresses.
+    NoAddresses {
+        /// The peer.
+        peer: u64,
+    },
+    /// A peer address could not be parsed or resolved.
+    BadAddress {
+        /// The peer.
+        peer: u64,
+        /// The address as given.
+        addr: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// The peer id is 0 or this node's own id.
+    InvalidPeerId(u64),
+    /// `add_peer` for an id that is already a peer.
+    DuplicatePeer(u64),
+    /// The id is not a peer or remote of this transport.
+    UnknownPeer(u64),
+    /// The transport has been stopped.
+    Stopped,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(e) => e.fmt(f),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::NoAddresses { peer } => write!(f, "peer {peer}: no addresses given"),
+            Error::BadAddress { peer, addr, reason } => {
+                write!(f, "peer {peer}: unusable address {addr:?}: {reason}")
+            }
+            Error::InvalidPeerId(id) => {
+                write!(f, "invalid peer id {id}: must be non-zero and not this node's id")
+            }
+            Error::DuplicatePeer(id) => write!(f, "peer {id} already exists"),
+            Error::UnknownPeer(id) => write!(f, "peer {id} is not known to this transport"),
+            Error::Stopped => f.write_str("the transport has been stopped"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Error {
+        Error::Config(e)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        match e {
+            Error::Io(e) => e,
+            Error::Config(_) | Error::NoAddresses { .. } | Error::BadAddress { .. } => {
+                io::Error::new(io::ErrorKind::InvalidInput, e)
+            }
+            other => io::Error::other(other),
+        }
+    }
+}
+
+/// Why [`Transport::try_send`](crate::Transport::try_send) refused a
+/// message; the message is given back.
+#[derive(PartialEq, Eq, Clone)]
+pub enum SendError<M> {
+    /// The peer's lane queue is full (in messages or in bytes).
+    Full(M),
+    /// The message's `to` is not a peer or remote.
+    UnknownPeer(M),
+    /// The message is addressed to this node itself.
+    ToSelf(M),
+    /// The peer is paused.
+    Paused(M),
+    /// The encoded message is larger than `Config::max_frame_len`.
+    TooLarge(M),
+    /// The transport has been stopped.
+    Stopped(M),
+}
+
+impl<M> SendError<M> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> M {
+        match self {
+            SendError::Full(m)
+            | SendError::UnknownPeer(m)
+            | SendError::ToSelf(m)
+            | SendError::Paused(m)
+            | SendError::TooLarge(m)
+            | SendError::Stopped(m) => m,
+        }
+    }
+
+    /// The drop reason this error is counted under when `send` drops.
+    pub fn reason(&self) -> DropReason {
+        match self {
+            SendError::Full(_) => DropReason::QueueFull,
+            SendError::UnknownPeer(_) => DropReason::UnknownPeer,
+            SendError::ToSelf(_) => DropReason::ToSelf,
+            SendError::Paused(_) => DropReason::Paused,
+            SendError::TooLarge(_) => DropReason::TooLarge,
+            SendError::Stopped(_) => DropReason::Stopped,
+        }
+    }
+}
+
+impl<M> fmt::Debug for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SendError::{:?}(..)", self.reason())
+    }
+}
+
+impl<M> fmt::Display for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "message not sent: {}", self.reason().name())
+    }
+}
+
+impl<M> std::error::Error for SendError<M> {}
+
+/// Why a message was dropped; every drop is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The peer's lane queue was full.
+    QueueFull,
+    /// The message's `to` was not a known peer.
+    UnknownPeer,
+    /// The message was addressed to this node.
+    ToSelf,
+    /// The peer was paused.
+    Paused,
+    /// The encoding exceeded `max_frame_len`.
+    TooLarge,
+    /// The connection was down, or went down before the bytes were written.
+    Unreachable,
+    /// The peer was removed while the message was queued.
+    Removed,
+    /// The transport stopped while the message was queued.
+    Stopped,
+}
+
+impl DropReason {
+    /// Every reason, in stats order.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::QueueFull,
+        DropReason::UnknownPeer,
+        DropReason::ToSelf,
+        DropReason::Paused,
+        DropReason::TooLarge,
+        DropReason::Unreachable,
+        DropReason::Removed,
+        DropReason::Stopped,
+    ];
+
+    /// A short stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::ToSelf => "to_self",
+            DropReason::Paused => "paused",
+            DropReason::TooLarge => "too_large",
+            DropReason::Unreachable => "unreachable",
+            DropReason::Removed => "removed",
+            DropReason::Stopped => "stopped",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer sent bytes that break the protocol.
+    PeerMisbehaved(ProtocolViolation),
+    /// The acceptor rejected our hello, or we rejected the peer's.
+    Rejected(RejectReason),
+    /// The peer closed the connection.
+    Eof,
+    /// A socket error.
+    Io(io::ErrorKind),
+    /// Nothing was received within `read_timeout`.
+    ReadTimeout,
+    /// Pending writes did not move within `write_timeout`.
+    WriteTimeout,
+    /// The dial did not connect within `dial_timeout`.
+    DialTimeout,
+    /// The handshake did not complete within `handshake_timeout`.
+    HandshakeTimeout,
+    /// A newer connection from the same peer and lane replaced this one.
+    Replaced,
+    /// The peer was removed or its addresses changed.
+    PeerRemoved,
+    /// The transport is stopping.
+    Stopped,
+}
+
+/// The ways a peer can break the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolViolation {
+    /// A frame was malformed.
+    Frame(FrameError),
+    /// The first bytes were not a raftwire hello.
+    BadHello,
+    /// The handshake response was not understood.
+    BadResponse,
+    /// A message payload did not decode.
+    Decode(String),
+    /// A message's `from` differs from the id of the connection's sender.
+    WrongSender {
+        /// Id the hello announced.
+        expected: u64,
+        /// Id the message carried.
+        got: u64,
+    },
+    /// A message's `to` is not this node.
+    WrongReceiver(u64),
+    /// A frame kind that is not allowed in this direction or lane.
+    UnexpectedFrame,
+    /// The connection ended in the middle of a frame.
+    Truncated,
+    /// Bytes arrived before the handshake was accepted.
+    EarlyData,
+}
+
+impl ProtocolViolation {
+    /// A short stable name, used as a stats key.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProtocolViolation::Frame(e) => e.name(),
+            ProtocolViolation::BadHello => "bad_hello",
+            ProtocolViolation::BadResponse => "bad_response",
+            ProtocolViolation::Decode(_) => "decode",
+            ProtocolViolation::WrongSender { .. } => "wrong_sender",
+            ProtocolViolation::WrongReceiver(_) => "wrong_receiver",
+            ProtocolViolation::UnexpectedFrame => "unexpected_frame",
+            ProtocolViolation::Truncated => "truncated",
+            ProtocolViolation::EarlyData => "early_data",
+        }
+    }
+}
+
+impl fmt::Display for ProtocolViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolViolation::Frame(e) => e.fmt(f),
+            ProtocolViolation::BadHello => f.write_str("not a raftwire hello"),
+            ProtocolViolation::BadResponse => f.write_str("unintelligible handshake response"),
+            ProtocolViolation::Decode(e) => write!(f, "message decode failed: {e}"),
+            ProtocolViolation::WrongSender { expected, got } => write!(
+                f,
+                "message claims sender {got} on a connection from {expected}"
+            ),
+            ProtocolViolation::WrongReceiver(to) => {
+                write!(f, "message addressed to {to}, not to this node")
+            }
+            ProtocolViolation::UnexpectedFrame => f.write_str("frame kind not allowed here"),
+            ProtocolViolation::Truncated => f.write_str("connection ended inside a frame"),
+            ProtocolViolation::EarlyData => f.write_str("data before the handshake completed"),
+        }
+    }
+}
+
+impl CloseReason {
+    /// A short stable name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CloseReason::PeerMisbehaved(v) => v.name(),
+            CloseReason::Rejected(r) => r.name(),
+            CloseReason::Eof => "eof",
+            CloseReason::Io(_) => "io",
+            CloseReason::ReadTimeout => "read_timeout",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::DialTimeout => "dial_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::Replaced => "replaced",
+            CloseReason::PeerRemoved => "peer_removed",
+            CloseReason::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerMisbehaved(v) => write!(f, "peer misbehaved: {v}"),
+            CloseReason::Rejected(r) => write!(f, "handshake rejected: {r}"),
+            CloseReason::Eof => f.write_str("closed by peer"),
+            CloseReason::Io(k) => write!(f, "I/O error: {k}"),
+            CloseReason::ReadTimeout => f.write_str("nothing received within read_timeout"),
+            CloseReason::WriteTimeout => f.write_str("writes stalled past write_timeout"),
+            CloseReason::DialTimeout => f.write_str("dial timed out"),
+            CloseReason::HandshakeTimeout => f.write_str("handshake timed out"),
+            CloseReason::Replaced => f.write_str("replaced by a newer connection"),
+            CloseReason::PeerRemoved => f.write_str("peer removed or readdressed"),
+            CloseReason::Stopped => f.write_str("transport stopped"),
+        }
+    }
+}

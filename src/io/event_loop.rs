@@ -1,0 +1,1062 @@
+//! The event loop: one thread, one `mio::Poll`, every socket. It dials,
+//! accepts, reads until `WouldBlock`, writes queued batches with vectored
+//! writes, sends link heartbeats, enforces timeouts, and never blocks and
+//! never runs user code (handshake decisions and message decoding happen on
+//! the reader thread; reports go through the notifier thread).
+
+use crate::config::Config;
+use crate::error::{CloseReason, ProtocolViolation};
+use crate::io::{
+    Batch, ConnId, Credit, LoopCmd, LoopHandle, Notice, PeerLink, ReaderMsg, Returned,
+};
+use crate::peer::{Backoff, Link, LinkAction, LinkState, Liveness, LivenessCheck};
+use crate::stats::{GlobalCounters, rate_limit};
+use crate::wire::{
+    Deframer, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response,
+    heartbeat_frame,
+};
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::time::{Duration, Instant};
+
+const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const FIRST_CONN: ConnId = 2;
+/// Most buffers passed to one `write_vectored`.
+const MAX_IOV: usize = 64;
+/// Longest the loop sleeps without a timer due (a safety net, not a tick).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Small control bytes (hello, response, heartbeat) queued for writing.
+struct Control {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Control {
+    fn new(b: &[u8]) -> Control {
+        let mut bytes = [0u8; 32];
+        bytes[..b.len()].copy_from_slice(b);
+        Control {
+            bytes,
+            len: b.len(),
+        }
+    }
+}
+
+enum Out {
+    Batch(Batch),
+    Control(Control),
+}
+
+impl Out {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Out::Batch(b) => &b.buf,
+            Out::Control(c) => &c.bytes[..c.len],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Handshaking,
+    Open,
+}
+
+enum Kind {
+    Outbound {
+        peer: u64,
+        lane: Lane,
+        addr: SocketAddr,
+        phase: Phase,
+        response: Vec<u8>,
+        deframer: Deframer,
+    },
+    Inbound {
+        credit: Arc<Credit>,
+        accepted: Option<(u64, Lane)>,
+        read_paused: bool,
+    },
+}
+
+struct Conn {
+    sock: TcpStream,
+    kind: Kind,
+    out: VecDeque<Out>,
+    /// Bytes of the front `out` entry already written.
+    out_pos: usize,
+    liveness: Liveness,
+    opened: Instant,
+    /// Close for this reason once `out` is flushed (after a reject response).
+    closing: Option<CloseReason>,
+}
+
+struct LoopLane {
+    link: Link,
+    conn: Option<ConnId>,
+    returns: Sender<Returned>,
+    /// Batches that arrived while the link was dialing or handshaking.
+    held: VecDeque<Batch>,
+    last_reject: Option<RejectReason>,
+}
+
+struct LoopPeer {
+    link: Arc<PeerLink>,
+    lanes: [LoopLane; 2],
+}
+
+pub(crate) struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    waker: Arc<Waker>,
+    wake_pending: Arc<AtomicBool>,
+    cmd_tx: Sender<LoopCmd>,
+    cmd_rx: Receiver<LoopCmd>,
+    reader_tx: Sender<ReaderMsg>,
+    notice_tx: Sender<Notice>,
+    global: Arc<GlobalCounters>,
+    config: Config,
+    epoch: Instant,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    peers: HashMap<u64, LoopPeer>,
+    inbound_by: HashMap<(u64, Lane), ConnId>,
+    scratch: Vec<u8>,
+    dirty: Vec<ConnId>,
+    next_timer: Instant,
+    seed: u64,
+    stopping: bool,
+}
+
+/// Applies the socket options of the config to any TCP socket.
+fn configure(sock: SockRef<'_>, config: &Config) -> io::Result<()> {
+    sock.set_tcp_nodelay(true)?;
+    if let Some(idle) = config.tcp_keepalive {
+        sock.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
+    }
+    if let Some(n) = config.send_buffer_size {
+        sock.set_send_buffer_size(n)?;
+    }
+    if let Some(n) = config.recv_buffer_size {
+        sock.set_recv_buffer_size(n)?;
+    }
+    Ok(())
+}
+
+fn dial(addr: SocketAddr, config: &Config) -> io::Result<TcpStream> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    configure(SockRef::from(&sock), config)?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(sock.into()))
+}
+
+impl EventLoop {
+    pub fn bind(
+        config: Config,
+        epoch: Instant,
+        reader_tx: Sender<ReaderMsg>,
+        notice_tx: Sender<Notice>,
+        global: Arc<GlobalCounters>,
+    ) -> io::Result<EventLoop> {
+        let addr = config.listen_addr;
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        configure(SockRef::from(&sock), &config)?;
+        sock.bind(&addr.into())?;
+        sock.listen(1024)?;
+        sock.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(sock.into());
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let seed = epoch.elapsed().as_nanos() as u64 ^ (config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        Ok(EventLoop {
+            poll,
+            listener,
+            local_addr,
+            waker,
+            wake_pending: Arc::new(AtomicBool::new(false)),
+            cmd_tx,
+            cmd_rx,
+            reader_tx,
+            notice_tx,
+            global,
+            scratch: vec![0u8; config.read_chunk_len],
+            config,
+            epoch,
+            conns: HashMap::new(),
+            next_conn: FIRST_CONN,
+            peers: HashMap::new(),
+            inbound_by: HashMap::new(),
+            dirty: Vec::new(),
+            next_timer: Instant::now(),
+            seed,
+            stopping: false,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle::new(
+            self.cmd_tx.clone(),
+            self.waker.clone(),
+            self.wake_pending.clone(),
+        )
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self
+                .next_timer
+                .saturating_duration_since(Instant::now())
+                .min(MAX_SLEEP);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("node {}: event loop poll failed: {e}", self.config.node_id);
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.wake_pending.store(false, Release),
+                    LISTENER => self.accept_all(),
+                    Token(id) => {
+                        if ev.is_writable() || ev.is_error() {
+                            self.writable(id);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(id);
+                        }
+                    }
+                }
+            }
+            self.drain_commands();
+            if self.stopping {
+                break;
+            }
+            self.flush_dirty();
+            if Instant::now() >= self.next_timer {
+                self.run_timers(Instant::now());
+            }
+        }
+        self.shutdown();
+    }
+
+    // ----- commands -----
+
+    fn drain_commands(&mut self) {
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            match cmd {
+                LoopCmd::AddPeer {
+                    id,
+                    addrs,
+                    link,
+                    returns,
+                } => self.add_peer(id, addrs, link, returns),
+                LoopCmd::RemovePeer { id } => self.remove_peer(id),
+                LoopCmd::UpdatePeer { id, addrs } => self.update_peer(id, addrs),
+                LoopCmd::Batch { peer, lane, batch } => self.queue_batch(peer, lane, batch),
+                LoopCmd::Accept { conn, from, lane } => self.accept_inbound(conn, from, lane),
+                LoopCmd::Reject { conn, response } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.out.push_back(Out::Control(Control::new(&response)));
+                        let reason = match Response::decode(&response) {
+                            Some(Ok(Response::Reject(r))) => r,
+                            _ => RejectReason::UnsupportedVersion,
+                        };
+                        c.closing = Some(CloseReason::Rejected(reason));
+                        self.dirty.push(conn);
+                    }
+                }
+                LoopCmd::Close { conn, reason } => self.close_inbound(conn, reason),
+                LoopCmd::ResumeRead { conn } => {
+                    if let Some(Conn {
+                        kind: Kind::Inbound { read_paused, .. },
+                        ..
+                    }) = self.conns.get_mut(&conn)
+                    {
+                        *read_paused = false;
+                        self.read(conn);
+                    }
+                }
+                LoopCmd::Stop => {
+                    self.stopping = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_peer(
+        &mut self,
+        id: u64,
+        addrs: Vec<SocketAddr>,
+        link: Arc<PeerLink>,
+        returns: [Sender<Returned>; 2],
+    ) {
+        let now = Instant::now();
+        let [r0, r1] = returns;
+        let mut lane = |returns: Sender<Returned>, salt: u64| {
+            self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15 ^ salt);
+            LoopLane {
+                link: Link::new(
+                    addrs.clone(),
+                    Backoff::new(self.config.backoff_floor, self.config.backoff_cap, self.seed),
+                    self.config.dial_timeout,
+                    self.config.handshake_timeout,
+                    now,
+                ),
+                conn: None,
+                returns,
+                held: VecDeque::new(),
+                last_reject: None,
+            }
+        };
+        let lanes = [lane(r0, id), lane(r1, !id)];
+        self.peers.insert(id, LoopPeer { link, lanes });
+        self.next_timer = now;
+    }
+
+    fn remove_peer(&mut self, id: u64) {
+        if let Some(mut p) = self.peers.remove(&id) {
+            for lane in &mut p.lanes {
+                if let Some(c) = lane.conn.take() {
+                    self.drop_conn(c);
+                }
+            }
+            for c in &p.link.connected {
+                c.store(0, Release);
+            }
+        }
+    }
+
+    fn update_peer(&mut self, id: u64, addrs: Vec<SocketAddr>) {
+        let now = Instant::now();
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let mut to_fail = Vec::new();
+        for lane in Lane::ALL {
+            let l = &mut p.lanes[lane.index()];
+            l.link.set_addrs(addrs.clone());
+            let keep = match l.conn.and_then(|c| self.conns.get(&c)) {
+                Some(Conn {
+                    kind: Kind::Outbound { addr, .. },
+                    ..
+                }) => addrs.contains(addr),
+                _ => false,
+            };
+            if !keep {
+                to_fail.push(lane);
+            }
+        }
+        for lane in to_fail {
+            self.fail_lane(id, lane, CloseReason::PeerRemoved, now);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.lanes[lane.index()].link.restart(now);
+            }
+        }
+        self.next_timer = now;
+    }
+
+    fn queue_batch(&mut self, peer: u64, lane: Lane, batch: Batch) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            // Removed: its writers are finishing and count their own drops.
+            return;
+        };
+        let l = &mut p.lanes[lane.index()];
+        match (l.link.state(), l.conn) {
+            (LinkState::Connected { .. }, Some(c)) => {
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    conn.out.push_back(Out::Batch(batch));
+                    conn.liveness.handle_queued(Instant::now());
+                    self.dirty.push(c);
+                }
+            }
+            (LinkState::Dialing { .. } | LinkState::Handshaking { .. }, _) => {
+                l.held.push_back(batch);
+            }
+            _ => give_back(&l.returns, batch, false),
+        }
+    }
+
+    fn accept_inbound(&mut self, id: ConnId, from: u64, lane: Lane) {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Kind::Inbound { accepted, .. } = &mut c.kind {
+            *accepted = Some((from, lane));
+        }
+        c.out
+            .push_back(Out::Control(Control::new(&Response::Accept.encode())));
+        c.liveness = Liveness::new(now);
+        self.dirty.push(id);
+        if let Some(old) = self.inbound_by.insert((from, lane), id) {
+            if old != id {
+                self.close_inbound(old, CloseReason::Replaced);
+            }
+        }
+    }
+
+    // ----- accepting -----
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut sock, addr)) => {
+                    if let Err(e) = configure(SockRef::from(&sock), &self.config) {
+                        debug!("node {}: socket options for {addr}: {e}", self.config.node_id);
+                    }
+                    let id = self.next_id();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        Token(id),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        warn!("node {}: cannot register {addr}: {e}", self.config.node_id);
+                        continue;
+                    }
+                    let credit = Arc::new(Credit::default());
+                    let now = Instant::now();
+                    self.conns.insert(
+                        id,
+                        Conn {
+                            sock,
+                            kind: Kind::Inbound {
+                                credit: credit.clone(),
+                                accepted: None,
+                                read_paused: false,
+                            },
+                            out: VecDeque::new(),
+                            out_pos: 0,
+                            liveness: Liveness::new(now),
+                            opened: now,
+                            closing: None,
+                        },
+                    );
+                    let _ = self.reader_tx.send(ReaderMsg::Opened {
+                        conn: id,
+                        peer_addr: Some(addr),
+                        credit,
+                    });
+                    self.next_timer = self.next_timer.min(now + self.config.handshake_timeout);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: log, count, and try again later.
+                    self.global.accept_errors.fetch_add(1, Relaxed);
+                    if rate_limit(
+                        &self.global.error_logged_at,
+                        self.epoch.elapsed(),
+                        self.config.log_interval,
+                    ) {
+                        warn!("node {}: accept failed: {e}", self.config.node_id);
+                    }
+                    self.next_timer = Instant::now() + Duration::from_millis(10);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn next_id(&mut self) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        id
+    }
+
+    // ----- dialing -----
+
+    fn dial(&mut self, peer: u64, lane: Lane, addr: SocketAddr, now: Instant) {
+        let id = self.next_id();
+        let result = dial(addr, &self.config).and_then(|mut sock| {
+            self.poll
+                .registry()
+                .register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(sock)
+        });
+        match result {
+            Ok(sock) => {
+                self.conns.insert(
+                    id,
+                    Conn {
+                        sock,
+                        kind: Kind::Outbound {
+                            peer,
+                            lane,
+                            addr,
+                            phase: Phase::Connecting,
+                            response: Vec::with_capacity(RESPONSE_LEN),
+                            deframer: Deframer::new(0),
+                        },
+                        out: VecDeque::new(),
+                        out_pos: 0,
+                        liveness: Liveness::new(now),
+                        opened: now,
+                        closing: None,
+                    },
+                );
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.lanes[lane.index()].conn = Some(id);
+                }
+            }
+            Err(e) => self.fail_lane(peer, lane, CloseReason::Io(e.kind()), now),
+        }
+    }
+
+    /// A writable (or error) event: completes a connect, then flushes.
+    fn writable(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Kind::Outbound {
+            peer,
+            lane,
+            phase: phase @ Phase::Connecting,
+            ..
+        } = &mut c.kind
+        {
+            let (peer, lane) = (*peer, *lane);
+            match c.sock.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    return self.fail_lane(peer, lane, CloseReason::Io(e.kind()), Instant::now());
+                }
+            }
+            match c.sock.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    return self.fail_lane(peer, lane, CloseReason::Io(e.kind()), Instant::now());
+                }
+            }
+            *phase = Phase::Handshaking;
+            let hello = Hello::new(lane, self.config.cluster_id, self.config.node_id, peer);
+            c.out.push_back(Out::Control(Control::new(&hello.encode())));
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.lanes[lane.index()].link.handle_connected(Instant::now());
+            }
+        }
+        self.flush(id);
+    }
+
+    // ----- reading -----
+
+    fn read(&mut self, id: ConnId) {
+        let cap = self.config.conn_read_cap;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let outcome = match &mut c.kind {
+            Kind::Outbound { phase, .. } if *phase == Phase::Connecting => return,
+            Kind::Outbound { .. } => return self.read_outbound(id),
+            Kind::Inbound {
+                credit,
+                read_paused,
+                ..
+            } => {
+                if *read_paused {
+                    return;
+                }
+                loop {
+                    if credit.inflight.load(Acquire) >= cap && c.closing.is_none() {
+                        credit.paused.store(true, Release);
+                        // The reader may have released credit meanwhile.
+                        if credit.inflight.load(Acquire) >= cap
+                            || !credit.paused.swap(false, AcqRel)
+                        {
+                            *read_paused = credit.paused.load(Acquire);
+                            if *read_paused {
+                                break None;
+                            }
+                        }
+                    }
+                    match c.sock.read(&mut self.scratch) {
+                        Ok(0) => break Some(CloseReason::Eof),
+                        Ok(n) => {
+                            c.liveness.handle_read(Instant::now());
+                            if c.closing.is_some() {
+                                continue; // rejected: discard
+                            }
+                            credit.inflight.fetch_add(n, AcqRel);
+                            let _ = self.reader_tx.send(ReaderMsg::Data {
+                                conn: id,
+                                bytes: self.scratch[..n].to_vec(),
+                            });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Some(CloseReason::Io(e.kind())),
+                    }
+                }
+            }
+        };
+        if let Some(reason) = outcome {
+            self.close_inbound(id, reason);
+        }
+    }
+
+    fn read_outbound(&mut self, id: ConnId) {
+        let now = Instant::now();
+        let mut result: Result<(), CloseReason> = Ok(());
+        let mut accepted = false;
+        let mut rejected = None;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Kind::Outbound {
+            peer,
+            lane,
+            phase,
+            response,
+            deframer,
+            ..
+        } = &mut c.kind
+        else {
+            return;
+        };
+        let (peer, lane) = (*peer, *lane);
+        'read: loop {
+            let n = match c.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    result = Err(CloseReason::Eof);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    result = Err(CloseReason::Io(e.kind()));
+                    break;
+                }
+            };
+            c.liveness.handle_read(now);
+            let mut bytes = &self.scratch[..n];
+            if *phase == Phase::Handshaking {
+                let take = (RESPONSE_LEN - response.len()).min(bytes.len());
+                response.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                match Response::decode(response) {
+                    None => continue,
+                    Some(Ok(Response::Accept)) => {
+                        *phase = Phase::Open;
+                        accepted = true;
+                        // Frames from the acceptor: link heartbeats only.
+                        *deframer = Deframer::new(0);
+                    }
+                    Some(Ok(Response::Reject(r))) => {
+                        rejected = Some(r);
+                        result = Err(CloseReason::Rejected(r));
+                        break;
+                    }
+                    Some(Err(_)) => {
+                        result = Err(CloseReason::PeerMisbehaved(ProtocolViolation::BadResponse));
+                        break;
+                    }
+                }
+            }
+            let mut cursor = deframer.feed(bytes);
+            while let Some(f) = cursor.next() {
+                match f {
+                    Ok(f) if f.kind == FrameKind::Heartbeat => {}
+                    Ok(_) => {
+                        result = Err(CloseReason::PeerMisbehaved(
+                            ProtocolViolation::UnexpectedFrame,
+                        ));
+                        break 'read;
+                    }
+                    Err(e) => {
+                        result = Err(CloseReason::PeerMisbehaved(ProtocolViolation::Frame(e)));
+                        break 'read;
+                    }
+                }
+            }
+        }
+        if accepted {
+            self.lane_accepted(peer, lane, id, now);
+        }
+        if let Some(r) = rejected {
+            self.lane_rejected(peer, lane, r);
+        }
+        if let Err(reason) = result {
+            self.fail_lane(peer, lane, reason, now);
+        }
+    }
+
+    fn lane_accepted(&mut self, peer: u64, lane: Lane, id: ConnId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let l = &mut p.lanes[lane.index()];
+        let reconnect = l.link.handle_accepted(now);
+        l.last_reject = None;
+        if reconnect {
+            p.link.counters.reconnects.fetch_add(1, Relaxed);
+        }
+        let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
+        p.link.connected[lane.index()].store(ns, Release);
+        info!(
+            "node {}: {lane} lane to peer {peer} connected{}",
+            self.config.node_id,
+            if reconnect { " again" } else { "" }
+        );
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.liveness = Liveness::new(now);
+            let held = !l.held.is_empty();
+            c.out.extend(l.held.drain(..).map(Out::Batch));
+            if held {
+                c.liveness.handle_queued(now);
+            }
+            self.dirty.push(id);
+        }
+    }
+
+    fn lane_rejected(&mut self, peer: u64, lane: Lane, r: RejectReason) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.link.counters.rejected_by_peer.fetch_add(1, Relaxed);
+        let l = &mut p.lanes[lane.index()];
+        let first = l.last_reject != Some(r);
+        l.last_reject = Some(r);
+        if first {
+            warn!(
+                "node {}: peer {peer} rejected our {lane} connection: {r}; backing off",
+                self.config.node_id
+            );
+            let _ = self.notice_tx.send(Notice::Rejected(peer, r));
+        } else {
+            debug!(
+                "node {}: peer {peer} rejected our {lane} connection again: {r}",
+                self.config.node_id
+            );
+        }
+    }
+
+    // ----- writing -----
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            self.flush(id);
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush(&mut self, id: ConnId) {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Kind::Outbound {
+            phase: Phase::Connecting,
+            ..
+        } = c.kind
+        {
+            return;
+        }
+        let mut failed = None;
+        let mut wrote = false;
+        while !c.out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, o) in c.out.iter().take(MAX_IOV).enumerate() {
+                let b = o.bytes();
+                iov[i] = IoSlice::new(if i == 0 { &b[c.out_pos..] } else { b });
+                n += 1;
+            }
+            match c.sock.write_vectored(&iov[..n]) {
+                Ok(0) => {
+                    failed = Some(CloseReason::Io(io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(mut written) => {
+                    wrote = true;
+                    while written > 0 {
+                        let front_left = c.out[0].bytes().len() - c.out_pos;
+                        if written < front_left {
+                            c.out_pos += written;
+                            break;
+                        }
+                        written -= front_left;
+                        c.out_pos = 0;
+                        if let Some(Out::Batch(b)) = c.out.pop_front() {
+                            if let Kind::Outbound { peer, lane, .. } = c.kind {
+                                if let Some(p) = self.peers.get(&peer) {
+                                    give_back(&p.lanes[lane.index()].returns, b, true);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(CloseReason::Io(e.kind()));
+                    break;
+                }
+            }
+        }
+        if wrote {
+            c.liveness.handle_written(now, !c.out.is_empty());
+        }
+        let done_closing = c.closing.clone().filter(|_| c.out.is_empty());
+        let outbound = match c.kind {
+            Kind::Outbound { peer, lane, .. } => Some((peer, lane)),
+            Kind::Inbound { .. } => None,
+        };
+        match (failed, outbound) {
+            (Some(reason), Some((peer, lane))) => self.fail_lane(peer, lane, reason, now),
+            (Some(reason), None) => self.close_inbound(id, reason),
+            (None, None) => {
+                if let Some(reason) = done_closing {
+                    self.close_inbound(id, reason);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- closing -----
+
+    /// Closes a lane's connection (if any), hands its batches back as not
+    /// written, and schedules the redial.
+    fn fail_lane(&mut self, peer: u64, lane: Lane, reason: CloseReason, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let l = &mut p.lanes[lane.index()];
+        let was_connected = l.link.is_connected();
+        let conn = l.conn.take();
+        let mut addr = None;
+        if let Some(id) = conn {
+            if let Some(mut c) = self.conns.remove(&id) {
+                if let Kind::Outbound { addr: a, .. } = c.kind {
+                    addr = Some(a);
+                }
+                let _ = self.poll.registry().deregister(&mut c.sock);
+                for o in c.out.drain(..) {
+                    if let Out::Batch(b) = o {
+                        give_back(&l.returns, b, false);
+                    }
+                }
+            }
+        }
+        for b in l.held.drain(..) {
+            give_back(&l.returns, b, false);
+        }
+        let at = l.link.handle_failed(now);
+        self.next_timer = self.next_timer.min(at);
+        p.link.connected[lane.index()].store(0, Release);
+        let target = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+        let what = format!("{lane} lane to peer {peer} at {target}: {reason}");
+        p.link.counters.set_last_error(what.clone());
+        if was_connected {
+            let _ = self.notice_tx.send(Notice::Unreachable(peer));
+        }
+        let quiet = matches!(reason, CloseReason::Rejected(_) | CloseReason::PeerRemoved);
+        if !quiet
+            && rate_limit(
+                &p.link.counters.error_logged_at,
+                now.saturating_duration_since(self.epoch),
+                self.config.log_interval,
+            )
+        {
+            if was_connected {
+                warn!("node {}: lost {what}; redialing", self.config.node_id);
+            } else {
+                info!(
+                    "node {}: cannot reach {what}; retrying in {:?}",
+                    self.config.node_id,
+                    at.saturating_duration_since(now)
+                );
+            }
+        }
+    }
+
+    /// Closes an inbound connection and tells the reader.
+    fn close_inbound(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if let Kind::Inbound {
+            accepted: Some(key),
+            ..
+        } = c.kind
+        {
+            if self.inbound_by.get(&key) == Some(&id) {
+                self.inbound_by.remove(&key);
+            }
+        }
+        if reason == CloseReason::HandshakeTimeout {
+            self.global.handshake_timeouts.fetch_add(1, Relaxed);
+        }
+        let _ = self.reader_tx.send(ReaderMsg::Closed { conn: id, reason });
+    }
+
+    /// Drops any connection without rescheduling (peer removed).
+    fn drop_conn(&mut self, id: ConnId) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut c.sock);
+        }
+    }
+
+    // ----- timers -----
+
+    fn run_timers(&mut self, now: Instant) {
+        let cfg = &self.config;
+        let mut next = now + MAX_SLEEP;
+        let mut dials = Vec::new();
+        let mut timeouts = Vec::new();
+        for (&id, p) in &mut self.peers {
+            for lane in Lane::ALL {
+                let l = &mut p.lanes[lane.index()];
+                if l.link.timed_out(now) {
+                    let reason = match l.link.state() {
+                        LinkState::Dialing { .. } => CloseReason::DialTimeout,
+                        _ => CloseReason::HandshakeTimeout,
+                    };
+                    timeouts.push((id, lane, reason));
+                    continue;
+                }
+                match l.link.poll(now) {
+                    LinkAction::Dial(addr) => dials.push((id, lane, addr)),
+                    LinkAction::WaitUntil(t) => next = next.min(t),
+                    LinkAction::Idle => {}
+                }
+            }
+        }
+        let mut closes = Vec::new();
+        let mut fails = Vec::new();
+        for (&id, c) in &mut self.conns {
+            let established = match &c.kind {
+                Kind::Outbound { phase, .. } => *phase == Phase::Open,
+                Kind::Inbound { accepted, .. } => accepted.is_some(),
+            };
+            if !established {
+                if let Kind::Inbound { .. } = c.kind {
+                    let deadline = c.opened + cfg.handshake_timeout;
+                    if now >= deadline && c.closing.is_none() {
+                        closes.push((id, CloseReason::HandshakeTimeout));
+                    } else {
+                        next = next.min(deadline);
+                    }
+                }
+                continue;
+            }
+            let check = c.liveness.check(
+                now,
+                cfg.heartbeat_interval,
+                cfg.read_timeout,
+                cfg.write_timeout,
+            );
+            let reason = match check {
+                LivenessCheck::Ok => None,
+                LivenessCheck::SendHeartbeat => {
+                    c.out
+                        .push_back(Out::Control(Control::new(&heartbeat_frame())));
+                    c.liveness.handle_queued(now);
+                    self.dirty.push(id);
+                    None
+                }
+                LivenessCheck::ReadTimeout => Some(CloseReason::ReadTimeout),
+                LivenessCheck::WriteTimeout => Some(CloseReason::WriteTimeout),
+            };
+            match (reason, &c.kind) {
+                (Some(r), Kind::Outbound { peer, lane, .. }) => fails.push((*peer, *lane, r)),
+                (Some(r), Kind::Inbound { .. }) => closes.push((id, r)),
+                (None, _) => {
+                    next = next.min(c.liveness.next_deadline(
+                        cfg.heartbeat_interval,
+                        cfg.read_timeout,
+                        cfg.write_timeout,
+                    ))
+                }
+            }
+        }
+        self.next_timer = next;
+        for (peer, lane, reason) in timeouts.into_iter().chain(fails) {
+            self.fail_lane(peer, lane, reason, now);
+        }
+        for (id, reason) in closes {
+            if let Some(Conn {
+                kind: Kind::Inbound {
+                    accepted: Some((from, lane)),
+                    ..
+                },
+                ..
+            }) = self.conns.get(&id)
+            {
+                info!(
+                    "node {}: closing inbound {lane} connection from {from}: {reason}",
+                    self.config.node_id
+                );
+            }
+            self.close_inbound(id, reason);
+        }
+        for (peer, lane, addr) in dials {
+            self.dial(peer, lane, addr, now);
+        }
+        self.flush_dirty();
+        // Anything scheduled by the failures and dials above.
+        if self.next_timer < now {
+            self.next_timer = now;
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for (_, mut c) in self.conns.drain() {
+            let _ = self.poll.registry().deregister(&mut c.sock);
+        }
+        for (_, p) in self.peers.drain() {
+            for c in &p.link.connected {
+                c.store(0, Release);
+            }
+        }
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        debug!("node {}: event loop stopped", self.config.node_id);
+    }
+}
+
+/// Hands a batch back to its writer. The return channel has room for every
+/// batch the writer may have out, so this never blocks; if it ever were
+/// full, the buffer is simply freed.
+fn give_back(returns: &Sender<Returned>, batch: Batch, written: bool) {
+    let _ = returns.try_send(Returned {
+        buf: batch.buf,
+        msgs: batch.msgs,
+        written,
+    });
+}

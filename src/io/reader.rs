@@ -1,0 +1,536 @@
+//! The reader thread: answers handshakes, decodes frames and delivers
+//! messages into the receive channels.
+//!
+//! Receive-side overload is handled by backpressure, never by dropping: when
+//! the caller does not drain a receive channel, delivery blocks, the reader
+//! stops taking bytes off inbound connections, their read credit runs out,
+//! the event loop stops reading those sockets, TCP windows close, and the
+//! senders' queues fill, which is where drops happen and are reported to
+//! Raft. Connections are served round-robin, at most
+//! `reader_fairness_budget` frames at a time, so a flood from one peer
+//! delays another peer's messages by at most a few budgets of deliveries.
+
+use crate::error::{CloseReason, ProtocolViolation};
+use crate::io::{ConnId, Credit, LoopCmd, LoopHandle, ReaderMsg};
+use crate::message::{Message, MessageClass};
+use crate::reporter::Reporter;
+use crate::stats::{PeerCounters, rate_limit};
+use crate::transport::{Inner, PeerHandle};
+use crate::wire::{
+    Deframer, FRAME_HEADER_LEN, Frame, FrameKind, HELLO_LEN, Hello, HelloParse, Lane,
+    RejectReason, Response,
+};
+use crossbeam_channel::{Receiver, Sender, select};
+use log::{debug, info, warn};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::*;
+use std::time::Duration;
+
+/// The transport is stopping; the reader ends.
+struct Stopped;
+
+/// A receive channel bounded in messages (by the channel) and in bytes (by
+/// tracking the sizes of what is still in it: the channel is FIFO, so its
+/// length says how many of the oldest sends have been consumed).
+struct Delivery<M> {
+    tx: Sender<M>,
+    sizes: VecDeque<usize>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl<M> Delivery<M> {
+    fn new(tx: Sender<M>, max_bytes: usize) -> Self {
+        Delivery {
+            tx,
+            sizes: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn prune(&mut self) {
+        let held = self.tx.len();
+        while self.sizes.len() > held {
+            if let Some(s) = self.sizes.pop_front() {
+                self.bytes -= s;
+            }
+        }
+    }
+
+    /// Blocks until the message is in the channel, or the transport stops.
+    fn deliver(&mut self, m: M, size: usize, stop: &Receiver<()>) -> Result<(), Stopped> {
+        self.prune();
+        // Over the byte bound: wait for the caller to drain. The channel
+        // cannot signal a drain, so look again every millisecond; this only
+        // happens while the caller is behind.
+        while self.bytes > 0 && self.bytes + size > self.max_bytes {
+            select! {
+                recv(stop) -> _ => return Err(Stopped),
+                default(Duration::from_millis(1)) => self.prune(),
+            }
+        }
+        select! {
+            send(self.tx, m) -> r => {
+                if r.is_err() {
+                    // Every receiver is gone: only possible while stopping.
+                    return Err(Stopped);
+                }
+            }
+            recv(stop) -> _ => return Err(Stopped),
+        }
+        self.sizes.push_back(size);
+        self.bytes += size;
+        Ok(())
+    }
+}
+
+enum State {
+    /// Waiting for the hello.
+    Hello(Vec<u8>),
+    /// Accepted: frames from `from` on `lane`.
+    Open { from: u64, lane: Lane },
+    /// Rejected or failed: further bytes are discarded.
+    Done,
+}
+
+struct InConn {
+    peer_addr: Option<SocketAddr>,
+    credit: Arc<Credit>,
+    state: State,
+    deframer: Deframer,
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the front chunk already consumed.
+    offset: usize,
+    /// The loop closed the connection; finish once the chunks are drained.
+    closed: Option<CloseReason>,
+    queued: bool,
+}
+
+pub(crate) struct Reader<M: Message> {
+    inner: Arc<Inner<M>>,
+    reporter: Arc<dyn Reporter>,
+    input: Receiver<ReaderMsg>,
+    loop_handle: LoopHandle,
+    messages: Delivery<M>,
+    proposals: Delivery<M>,
+    stop: Receiver<()>,
+    conns: HashMap<ConnId, InConn>,
+    ready: VecDeque<ConnId>,
+}
+
+impl<M: Message> Reader<M> {
+    pub fn new(
+        inner: Arc<Inner<M>>,
+        reporter: Arc<dyn Reporter>,
+        input: Receiver<ReaderMsg>,
+        loop_handle: LoopHandle,
+        messages: Sender<M>,
+        proposals: Sender<M>,
+        stop: Receiver<()>,
+    ) -> Self {
+        let max_bytes = inner.config.recv_queue_bytes;
+        Reader {
+            inner,
+            reporter,
+            input,
+            loop_handle,
+            messages: Delivery::new(messages, max_bytes),
+            proposals: Delivery::new(proposals, max_bytes),
+            stop,
+            conns: HashMap::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            if self.ready.is_empty() {
+                select! {
+                    recv(self.input) -> m => match m {
+                        Ok(m) => self.handle_input(m),
+                        Err(_) => return,
+                    },
+                    recv(self.stop) -> _ => return,
+                }
+            }
+            while let Ok(m) = self.input.try_recv() {
+                self.handle_input(m);
+            }
+            if let Some(id) = self.ready.pop_front() {
+                if self.serve(id).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_input(&mut self, m: ReaderMsg) {
+        match m {
+            ReaderMsg::Opened {
+                conn,
+                peer_addr,
+                credit,
+            } => {
+                self.conns.insert(
+                    conn,
+                    InConn {
+                        peer_addr,
+                        credit,
+                        state: State::Hello(Vec::with_capacity(HELLO_LEN)),
+                        deframer: Deframer::new(self.inner.config.max_frame_len),
+                        chunks: VecDeque::new(),
+                        offset: 0,
+                        closed: None,
+                        queued: false,
+                    },
+                );
+            }
+            ReaderMsg::Data { conn, bytes } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.chunks.push_back(bytes);
+                    if !c.queued {
+                        c.queued = true;
+                        self.ready.push_back(conn);
+                    }
+                }
+            }
+            ReaderMsg::Closed { conn, reason } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.closed = Some(reason);
+                    if !c.queued {
+                        c.queued = true;
+                        self.ready.push_back(conn);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one connection for up to one fairness budget of frames.
+    fn serve(&mut self, id: ConnId) -> Result<(), Stopped> {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return Ok(());
+        };
+        c.queued = false;
+        let mut budget = self.inner.config.reader_fairness_budget;
+        let peer = match c.state {
+            State::Open { from, .. } => self.peer(from),
+            _ => None,
+        };
+        while budget > 0 {
+            let Some(chunk) = c.chunks.pop_front() else {
+                break;
+            };
+            let mut off = c.offset;
+            let result = self.consume(id, &mut c, &chunk, &mut off, &mut budget, peer.as_deref());
+            if off < chunk.len() && matches!(c.state, State::Open { .. }) {
+                c.offset = off;
+                c.chunks.push_front(chunk);
+            } else {
+                c.offset = 0;
+                release(&c.credit, chunk.len(), self.inner.config.conn_read_cap, id, &self.loop_handle);
+            }
+            result?;
+        }
+        if c.chunks.is_empty() {
+            if let Some(reason) = c.closed.take() {
+                self.finish(id, &c, reason);
+                return Ok(());
+            }
+        } else {
+            c.queued = true;
+            self.ready.push_back(id);
+        }
+        self.conns.insert(id, c);
+        Ok(())
+    }
+
+    fn peer(&self, id: u64) -> Option<Arc<PeerHandle<M>>> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn counters<'a>(&'a self, peer: Option<&'a PeerHandle<M>>) -> &'a PeerCounters {
+        peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers)
+    }
+
+    /// Consumes bytes of one chunk from `*off`: the hello, then frames.
+    fn consume(
+        &mut self,
+        id: ConnId,
+        c: &mut InConn,
+        chunk: &[u8],
+        off: &mut usize,
+        budget: &mut usize,
+        peer: Option<&PeerHandle<M>>,
+    ) -> Result<(), Stopped> {
+        if let State::Hello(buf) = &mut c.state {
+            let take = (HELLO_LEN - buf.len()).min(chunk.len() - *off);
+            buf.extend_from_slice(&chunk[*off..*off + take]);
+            *off += take;
+            match Hello::decode(buf) {
+                None => return Ok(()),
+                Some(parsed) => {
+                    self.handshake(id, c, parsed);
+                }
+            }
+        }
+        let State::Open { from, lane } = c.state else {
+            *off = chunk.len();
+            return Ok(());
+        };
+        let looked_up;
+        let peer = match peer {
+            Some(p) => Some(p),
+            None => {
+                looked_up = self.peer(from);
+                looked_up.as_deref()
+            }
+        };
+        let mut cursor = c.deframer.feed(&chunk[*off..]);
+        let mut violation = None;
+        while *budget > 0 {
+            let frame = match cursor.next() {
+                None => break,
+                Some(Ok(f)) => f,
+                Some(Err(e)) => {
+                    violation = Some(ProtocolViolation::Frame(e));
+                    break;
+                }
+            };
+            *budget -= 1;
+            match handle_frame::<M>(&self.inner, from, frame) {
+                Ok(None) => {}
+                Ok(Some((m, size))) => {
+                    let counters = peer
+                        .map(|p| p.counters())
+                        .unwrap_or(&self.inner.non_peers);
+                    if peer.is_some_and(|p| p.paused.load(Relaxed)) {
+                        counters.received_dropped_paused.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    let lc = counters.lane(lane);
+                    lc.msgs_received.fetch_add(1, Relaxed);
+                    lc.bytes_received
+                        .fetch_add((size + FRAME_HEADER_LEN) as u64, Relaxed);
+                    let d = if m.class() == MessageClass::Proposal {
+                        &mut self.proposals
+                    } else {
+                        &mut self.messages
+                    };
+                    d.deliver(m, size, &self.stop)?;
+                }
+                Err(v) => {
+                    violation = Some(v);
+                    break;
+                }
+            }
+        }
+        *off = chunk.len() - cursor.remaining();
+        drop(cursor);
+        if let Some(v) = violation {
+            self.violation(id, c, peer, Some(from), v);
+            *off = chunk.len();
+        }
+        Ok(())
+    }
+
+    fn handshake(
+        &mut self,
+        id: ConnId,
+        c: &mut InConn,
+        parsed: Result<HelloParse, crate::wire::HelloError>,
+    ) {
+        let cfg = &self.inner.config;
+        let hello = match parsed {
+            Err(_) => {
+                self.violation(id, c, None, None, ProtocolViolation::BadHello);
+                return;
+            }
+            Ok(HelloParse::Unsupported(v)) => {
+                self.reject(id, c, None, RejectReason::UnsupportedVersion, &format!("version {v}"));
+                return;
+            }
+            Ok(HelloParse::Hello(h)) => h,
+        };
+        let reporter = &self.reporter;
+        match hello.check(cfg.cluster_id, cfg.node_id, |from| reporter.is_id_removed(from)) {
+            Ok(lane) => {
+                self.inner.global.inbound_accepted.fetch_add(1, Relaxed);
+                debug!(
+                    "node {}: accepted {lane} connection from node {} ({:?})",
+                    cfg.node_id, hello.from, c.peer_addr
+                );
+                c.state = State::Open {
+                    from: hello.from,
+                    lane,
+                };
+                self.loop_handle.send(LoopCmd::Accept {
+                    conn: id,
+                    from: hello.from,
+                    lane,
+                });
+            }
+            Err(reason) => {
+                let detail = match reason {
+                    RejectReason::WrongCluster => format!(
+                        "cluster {:#x}, ours is {:#x}",
+                        hello.cluster_id, cfg.cluster_id
+                    ),
+                    RejectReason::WrongReceiver => {
+                        format!("it meant to reach node {}", hello.to)
+                    }
+                    _ => String::new(),
+                };
+                self.reject(id, c, Some(hello.from), reason, &detail);
+            }
+        }
+    }
+
+    fn reject(
+        &mut self,
+        id: ConnId,
+        c: &mut InConn,
+        from: Option<u64>,
+        reason: RejectReason,
+        detail: &str,
+    ) {
+        let g = &self.inner.global;
+        g.inbound_rejected.fetch_add(1, Relaxed);
+        let peer = from.and_then(|f| self.peer(f));
+        let counters = self.counters(peer.as_deref());
+        counters.rejected_inbound.fetch_add(1, Relaxed);
+        let slot = if peer.is_some() {
+            &counters.error_logged_at
+        } else {
+            &g.error_logged_at
+        };
+        if rate_limit(slot, self.inner.now(), self.inner.config.log_interval) {
+            warn!(
+                "node {}: rejected connection from {:?} (claims node {}): {reason} {detail}",
+                self.inner.config.node_id,
+                c.peer_addr,
+                from.map_or("?".to_string(), |f| f.to_string()),
+            );
+        }
+        c.state = State::Done;
+        self.loop_handle.send(LoopCmd::Reject {
+            conn: id,
+            response: Response::Reject(reason).encode(),
+        });
+    }
+
+    fn violation(
+        &self,
+        id: ConnId,
+        c: &mut InConn,
+        peer: Option<&PeerHandle<M>>,
+        from: Option<u64>,
+        v: ProtocolViolation,
+    ) {
+        let g = &self.inner.global;
+        g.protocol_errors.fetch_add(1, Relaxed);
+        let counters = self.counters(peer);
+        if from.is_some() {
+            counters.protocol_errors.fetch_add(1, Relaxed);
+            counters.set_last_error(format!("inbound connection closed: {v}"));
+        }
+        let slot = if peer.is_some() {
+            &counters.error_logged_at
+        } else {
+            &g.error_logged_at
+        };
+        if rate_limit(slot, self.inner.now(), self.inner.config.log_interval) {
+            warn!(
+                "node {}: closing connection from {:?} (node {}): {v}",
+                self.inner.config.node_id,
+                c.peer_addr,
+                from.map_or("?".to_string(), |f| f.to_string()),
+            );
+        }
+        c.state = State::Done;
+        self.loop_handle.send(LoopCmd::Close {
+            conn: id,
+            reason: CloseReason::PeerMisbehaved(v),
+        });
+    }
+
+    /// The loop has closed the connection and every byte has been seen.
+    fn finish(&mut self, id: ConnId, c: &InConn, reason: CloseReason) {
+        let truncated = match &c.state {
+            State::Open { .. } => c.deframer.pending_bytes() > 0,
+            State::Hello(buf) => !buf.is_empty(),
+            State::Done => false,
+        };
+        if truncated && reason == CloseReason::Eof {
+            let g = &self.inner.global;
+            g.protocol_errors.fetch_add(1, Relaxed);
+            let (peer, from) = match c.state {
+                State::Open { from, .. } => (self.peer(from), Some(from)),
+                _ => (None, None),
+            };
+            let counters = self.counters(peer.as_deref());
+            if from.is_some() {
+                counters.protocol_errors.fetch_add(1, Relaxed);
+                counters.set_last_error(format!(
+                    "inbound connection closed: {}",
+                    ProtocolViolation::Truncated
+                ));
+            }
+            if rate_limit(&g.error_logged_at, self.inner.now(), self.inner.config.log_interval) {
+                warn!(
+                    "node {}: connection from {:?} (node {}) ended inside a frame",
+                    self.inner.config.node_id,
+                    c.peer_addr,
+                    from.map_or("?".to_string(), |f| f.to_string())
+                );
+            }
+        } else if let State::Open { from, lane } = c.state {
+            info!(
+                "node {}: inbound {lane} connection from node {from} closed: {reason}",
+                self.inner.config.node_id
+            );
+        }
+        let _ = id;
+    }
+}
+
+/// Checks and decodes one frame. `Ok(None)` for a link heartbeat.
+fn handle_frame<M: Message>(
+    inner: &Inner<M>,
+    from: u64,
+    frame: Frame<'_>,
+) -> Result<Option<(M, usize)>, ProtocolViolation> {
+    match frame.kind {
+        FrameKind::Heartbeat => Ok(None),
+        FrameKind::Message => {
+            let m = M::decode(frame.payload).map_err(|e| ProtocolViolation::Decode(e.0))?;
+            if m.from() != from {
+                return Err(ProtocolViolation::WrongSender {
+                    expected: from,
+                    got: m.from(),
+                });
+            }
+            if m.to() != inner.config.node_id {
+                return Err(ProtocolViolation::WrongReceiver(m.to()));
+            }
+            Ok(Some((m, frame.payload.len())))
+        }
+    }
+}
+
+/// Returns read credit for consumed bytes; resumes reading if the loop had
+/// stopped for lack of it.
+fn release(credit: &Credit, n: usize, cap: usize, conn: ConnId, loop_handle: &LoopHandle) {
+    let left = credit.inflight.fetch_sub(n, AcqRel) - n;
+    if left < cap && credit.paused.swap(false, AcqRel) {
+        loop_handle.send(LoopCmd::ResumeRead { conn });
+    }
+}

@@ -1,0 +1,213 @@
+//! The writer of one peer lane: drains its queue, encodes frames into a
+//! batch, and hands the batch to the event loop when the queue is empty or
+//! the batch is full. At most `max_inflight_batches` batches are out at a
+//! time; the loop hands spent buffers back, which is both the flow control
+//! and the buffer reuse (no allocation per message or per batch once warm).
+
+use crate::config::Config;
+use crate::error::DropReason;
+use crate::io::{Batch, LoopCmd, LoopHandle, Notice, Returned};
+use crate::message::Message;
+use crate::stats::{PeerCounters, rate_limit};
+use crate::wire::{FrameKind, Lane, encode_frame};
+use crossbeam_channel::{Receiver, Sender, select};
+use log::{error, warn};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::time::Instant;
+
+pub(crate) struct WriterCtx<M> {
+    pub peer: u64,
+    pub lane: Lane,
+    pub queue: Receiver<M>,
+    pub returns: Receiver<Returned>,
+    pub close: Receiver<()>,
+    pub stop: Receiver<()>,
+    pub loop_handle: LoopHandle,
+    pub notice_tx: Sender<Notice>,
+    pub notice_pending: Arc<AtomicBool>,
+    pub counters: Arc<PeerCounters>,
+    pub config: Config,
+    pub epoch: Instant,
+}
+
+pub(crate) struct Writer<M> {
+    ctx: WriterCtx<M>,
+    spare: Vec<Vec<u8>>,
+    inflight: usize,
+    _m: PhantomData<fn() -> M>,
+}
+
+enum Wait<M> {
+    Msg(M),
+    Returned(Returned),
+    /// The peer was removed or the transport stopped.
+    End(DropReason),
+}
+
+impl<M: Message> Writer<M> {
+    pub fn new(ctx: WriterCtx<M>) -> Writer<M> {
+        Writer {
+            ctx,
+            spare: Vec::new(),
+            inflight: 0,
+            _m: PhantomData,
+        }
+    }
+
+    pub fn run(mut self) {
+        let reason = loop {
+            let waited = if self.inflight >= self.ctx.config.max_inflight_batches {
+                self.wait_returned()
+            } else {
+                self.wait_any()
+            };
+            match waited {
+                Wait::Returned(r) => self.handle_returned(r),
+                Wait::Msg(first) => self.flush_batch(first),
+                Wait::End(reason) => break reason,
+            }
+        };
+        // Count what is still queued: it will never be sent.
+        let mut n = 0u64;
+        for m in self.ctx.queue.try_iter() {
+            self.ctx
+                .counters
+                .lane(self.ctx.lane)
+                .queued_bytes
+                .fetch_sub(m.encoded_len() as u64, AcqRel);
+            n += 1;
+        }
+        if n > 0 {
+            self.ctx.counters.count_drop(self.ctx.lane, reason, n);
+        }
+    }
+
+    fn wait_any(&self) -> Wait<M> {
+        let c = &self.ctx;
+        select! {
+            recv(c.queue) -> m => match m {
+                Ok(m) => Wait::Msg(m),
+                Err(_) => Wait::End(DropReason::Removed),
+            },
+            recv(c.returns) -> r => match r {
+                Ok(r) => Wait::Returned(r),
+                Err(_) => Wait::End(DropReason::Stopped),
+            },
+            recv(c.close) -> _ => Wait::End(DropReason::Removed),
+            recv(c.stop) -> _ => Wait::End(DropReason::Stopped),
+        }
+    }
+
+    fn wait_returned(&self) -> Wait<M> {
+        let c = &self.ctx;
+        select! {
+            recv(c.returns) -> r => match r {
+                Ok(r) => Wait::Returned(r),
+                Err(_) => Wait::End(DropReason::Stopped),
+            },
+            recv(c.close) -> _ => Wait::End(DropReason::Removed),
+            recv(c.stop) -> _ => Wait::End(DropReason::Stopped),
+        }
+    }
+
+    fn handle_returned(&mut self, r: Returned) {
+        self.inflight -= 1;
+        let c = &self.ctx;
+        let lane = c.counters.lane(c.lane);
+        if r.written {
+            lane.msgs_sent.fetch_add(r.msgs as u64, Relaxed);
+            lane.bytes_sent.fetch_add(r.buf.len() as u64, Relaxed);
+        } else if r.msgs > 0 {
+            self.record_drop(DropReason::Unreachable, r.msgs as u64);
+        }
+        let mut buf = r.buf;
+        // Keep warm buffers, but not one that grew for a giant message.
+        if buf.capacity() <= 2 * c.config.batch_max_bytes + c.config.max_frame_len as usize / 4
+            && self.spare.len() < c.config.max_inflight_batches
+        {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    fn record_drop(&self, reason: DropReason, n: u64) {
+        let c = &self.ctx;
+        c.counters.count_drop(c.lane, reason, n);
+        if rate_limit(
+            &c.counters.drop_logged_at[reason.index()],
+            c.epoch.elapsed(),
+            c.config.log_interval,
+        ) {
+            warn!(
+                "node {}: dropped {n} message(s) to peer {} on the {} lane: {}",
+                c.config.node_id,
+                c.peer,
+                c.lane,
+                reason.name()
+            );
+        }
+        if !c.notice_pending.swap(true, AcqRel) {
+            let _ = c.notice_tx.send(Notice::Unreachable(c.peer));
+        }
+    }
+
+    /// Encodes `first` and whatever else is queued, up to the batch caps,
+    /// and hands the batch to the loop.
+    fn flush_batch(&mut self, first: M) {
+        let cfg = &self.ctx.config;
+        let mut buf = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(cfg.batch_max_bytes + 1024));
+        let mut msgs = 0u32;
+        let mut dequeued_bytes = 0u64;
+        let mut too_large = 0u64;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            dequeued_bytes += m.encoded_len() as u64;
+            match encode_frame(&mut buf, FrameKind::Message, cfg.max_frame_len, |b| {
+                m.encode(b)
+            }) {
+                Ok(()) => msgs += 1,
+                Err(_) => too_large += 1,
+            }
+            if buf.len() >= cfg.batch_max_bytes || msgs as usize >= cfg.batch_max_msgs {
+                break;
+            }
+            next = self.ctx.queue.try_recv().ok();
+        }
+        let c = &self.ctx;
+        c.counters
+            .lane(c.lane)
+            .queued_bytes
+            .fetch_sub(dequeued_bytes, AcqRel);
+        if too_large > 0 {
+            // encoded_len() promised less than encode() wrote.
+            error!(
+                "node {}: {too_large} message(s) to peer {} encoded larger than max_frame_len; \
+                 dropped (Message::encoded_len disagrees with encode)",
+                c.config.node_id, c.peer
+            );
+            self.record_drop(DropReason::TooLarge, too_large);
+        }
+        if buf.is_empty() {
+            self.spare.push(buf);
+            return;
+        }
+        self.inflight += 1;
+        let sent = self.ctx.loop_handle.send(LoopCmd::Batch {
+            peer: self.ctx.peer,
+            lane: self.ctx.lane,
+            batch: Batch { buf, msgs },
+        });
+        if !sent {
+            // The loop is gone: the transport is stopping.
+            self.inflight -= 1;
+            self.ctx
+                .counters
+                .count_drop(self.ctx.lane, DropReason::Stopped, msgs as u64);
+        }
+    }
+}

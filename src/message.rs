@@ -1,0 +1,193 @@
+//! The message trait the transport moves, and the built-in [`Envelope`].
+
+use crate::wire::Lane;
+use byteorder::{BigEndian, ByteOrder};
+use std::fmt;
+
+/// How a message travels and where it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageClass {
+    /// A log append (raft's `MsgAppend`): travels on the append lane.
+    Append,
+    /// A proposal forwarded to the leader (`MsgPropose`): travels on the
+    /// message lane and is delivered on [`Transport::proposals`](crate::Transport::proposals).
+    Proposal,
+    /// A snapshot carried inline in a message (`MsgSnapshot`): travels on
+    /// the append lane, so it never delays heartbeats.
+    Snapshot,
+    /// Everything else: heartbeats, votes, responses. Message lane.
+    Other,
+}
+
+impl MessageClass {
+    /// The lane a message of this class travels on.
+    pub fn lane(self) -> Lane {
+        match self {
+            MessageClass::Append | MessageClass::Snapshot => Lane::Append,
+            MessageClass::Proposal | MessageClass::Other => Lane::Message,
+        }
+    }
+
+    /// The class for its wire byte in an [`Envelope`].
+    pub fn from_u8(b: u8) -> Option<MessageClass> {
+        Some(match b {
+            0 => MessageClass::Other,
+            1 => MessageClass::Append,
+            2 => MessageClass::Proposal,
+            3 => MessageClass::Snapshot,
+            _ => return None,
+        })
+    }
+
+    /// The class's wire byte in an [`Envelope`].
+    pub fn to_u8(self) -> u8 {
+        match self {
+            MessageClass::Other => 0,
+            MessageClass::Append => 1,
+            MessageClass::Proposal => 2,
+            MessageClass::Snapshot => 3,
+        }
+    }
+}
+
+/// A message that could not be decoded from a frame's payload. The sender
+/// misbehaved: the connection it came on is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "message decode error: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// What the transport needs to know about a message: where it goes, what
+/// class it is, and how it turns into bytes and back.
+///
+/// `encode` runs on the peer's writer thread and `decode` on the reader
+/// thread; neither may panic on any input (`decode` sees bytes from the
+/// network).
+pub trait Message: Send + Sized + 'static {
+    /// The receiving node's id.
+    fn to(&self) -> u64;
+    /// The sending node's id.
+    fn from(&self) -> u64;
+    /// The class, which picks the lane and the receive channel.
+    fn class(&self) -> MessageClass;
+    /// The number of bytes [`encode`](Message::encode) will append. Used to
+    /// bound queues in bytes before the message is encoded.
+    fn encoded_len(&self) -> usize;
+    /// Appends the encoding to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Decodes a message from exactly the bytes `encode` produced.
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// A plain message: addresses, a class and opaque payload bytes.
+///
+/// Its encoding is `to (u64 BE) | from (u64 BE) | class (u8) | payload`.
+///
+/// ```
+/// use raftwire::{Envelope, Message, MessageClass};
+///
+/// let m = Envelope::new(2, 1, MessageClass::Append, b"entries".to_vec());
+/// let mut bytes = Vec::new();
+/// m.encode(&mut bytes);
+/// assert_eq!(bytes.len(), m.encoded_len());
+/// assert_eq!(Envelope::decode(&bytes).unwrap(), m);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Envelope {
+    /// The receiving node.
+    pub to: u64,
+    /// The sending node.
+    pub from: u64,
+    /// The message class.
+    pub class: MessageClass,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+}
+
+/// Bytes an [`Envelope`] adds to its payload.
+pub const ENVELOPE_HEADER_LEN: usize = 17;
+
+impl Envelope {
+    /// A new envelope.
+    pub fn new(to: u64, from: u64, class: MessageClass, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            to,
+            from,
+            class,
+            payload,
+        }
+    }
+}
+
+impl Message for Envelope {
+    fn to(&self) -> u64 {
+        self.to
+    }
+    fn from(&self) -> u64 {
+        self.from
+    }
+    fn class(&self) -> MessageClass {
+        self.class
+    }
+    fn encoded_len(&self) -> usize {
+        ENVELOPE_HEADER_LEN + self.payload.len()
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut h = [0u8; ENVELOPE_HEADER_LEN];
+        BigEndian::write_u64(&mut h[0..8], self.to);
+        BigEndian::write_u64(&mut h[8..16], self.from);
+        h[16] = self.class.to_u8();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&self.payload);
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < ENVELOPE_HEADER_LEN {
+            return Err(DecodeError(format!(
+                "envelope of {} bytes is shorter than its {ENVELOPE_HEADER_LEN}-byte header",
+                bytes.len()
+            )));
+        }
+        let class = MessageClass::from_u8(bytes[16])
+            .ok_or_else(|| DecodeError(format!("unknown envelope class {}", bytes[16])))?;
+        Ok(Envelope {
+            to: BigEndian::read_u64(&bytes[0..8]),
+            from: BigEndian::read_u64(&bytes[8..16]),
+            class,
+            payload: bytes[ENVELOPE_HEADER_LEN..].to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_rejects_short_and_bad_class() {
+        assert!(Envelope::decode(&[0u8; 16]).is_err());
+        let mut b = vec![0u8; 17];
+        b[16] = 4;
+        assert!(Envelope::decode(&b).is_err());
+    }
+
+    #[test]
+    fn classes_round_trip_and_lanes() {
+        for c in [
+            MessageClass::Append,
+            MessageClass::Proposal,
+            MessageClass::Snapshot,
+            MessageClass::Other,
+        ] {
+            assert_eq!(MessageClass::from_u8(c.to_u8()), Some(c));
+        }
+        assert_eq!(MessageClass::Append.lane(), Lane::Append);
+        assert_eq!(MessageClass::Other.lane(), Lane::Message);
+        assert_eq!(MessageClass::Proposal.lane(), Lane::Message);
+    }
+}

@@ -1,0 +1,226 @@
+//! Counters: per peer and lane, plus transport-wide ones. Updated with
+//! relaxed atomics on the hot path; [`Transport::stats`](crate::Transport::stats)
+//! takes a snapshot.
+
+use crate::error::DropReason;
+use crate::wire::Lane;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Counters of one lane of one peer.
+#[derive(Debug, Default)]
+pub(crate) struct LaneCounters {
+    pub msgs_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub msgs_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub drops: [AtomicU64; DropReason::ALL.len()],
+    pub queued_bytes: AtomicU64,
+}
+
+/// Counters of one peer (or of all non-peer senders together).
+#[derive(Debug)]
+pub(crate) struct PeerCounters {
+    pub lanes: [LaneCounters; 2],
+    pub reconnects: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub rejected_by_peer: AtomicU64,
+    pub rejected_inbound: AtomicU64,
+    pub received_dropped_paused: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Per drop reason: when a drop of that reason was last logged (ns since
+    /// the transport epoch), for rate limiting.
+    pub drop_logged_at: [AtomicU64; DropReason::ALL.len()],
+    pub error_logged_at: AtomicU64,
+}
+
+impl Default for PeerCounters {
+    fn default() -> Self {
+        PeerCounters {
+            lanes: Default::default(),
+            reconnects: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            rejected_by_peer: AtomicU64::new(0),
+            rejected_inbound: AtomicU64::new(0),
+            received_dropped_paused: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            drop_logged_at: Default::default(),
+            error_logged_at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PeerCounters {
+    pub fn lane(&self, lane: Lane) -> &LaneCounters {
+        &self.lanes[lane.index()]
+    }
+
+    pub fn set_last_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    pub fn count_drop(&self, lane: Lane, reason: DropReason, n: u64) {
+        self.lane(lane).drops[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self, since: [Option<Instant>; 2]) -> PeerStats {
+        let lane = |l: &LaneCounters, connected_since: Option<Instant>| LaneStats {
+            connected_since,
+            msgs_sent: l.msgs_sent.load(Relaxed),
+            bytes_sent: l.bytes_sent.load(Relaxed),
+            msgs_received: l.msgs_received.load(Relaxed),
+            bytes_received: l.bytes_received.load(Relaxed),
+            queued_bytes: l.queued_bytes.load(Relaxed),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (*r, l.drops[r.index()].load(Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        };
+        PeerStats {
+            message_lane: lane(&self.lanes[0], since[0]),
+            append_lane: lane(&self.lanes[1], since[1]),
+            reconnects: self.reconnects.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            rejected_by_peer: self.rejected_by_peer.load(Relaxed),
+            rejected_inbound: self.rejected_inbound.load(Relaxed),
+            received_dropped_paused: self.received_dropped_paused.load(Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            active_since: since[0],
+        }
+    }
+}
+
+/// True at most once per `interval` per slot: a lock-free rate limiter for
+/// log lines. `now` is nanoseconds since the transport epoch (never 0 in
+/// practice: the epoch is taken before any thread starts).
+pub(crate) fn rate_limit(slot: &AtomicU64, now: Duration, interval: Duration) -> bool {
+    let now = now.as_nanos() as u64 + 1;
+    let last = slot.load(Relaxed);
+    if last != 0 && now.saturating_sub(last) < interval.as_nanos() as u64 {
+        return false;
+    }
+    slot.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+}
+
+/// Transport-wide counters.
+#[derive(Debug, Default)]
+pub(crate) struct GlobalCounters {
+    pub dropped_unknown_peer: AtomicU64,
+    pub dropped_to_self: AtomicU64,
+    pub dropped_stopped: AtomicU64,
+    pub inbound_accepted: AtomicU64,
+    pub inbound_rejected: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub unknown_logged_at: AtomicU64,
+    pub error_logged_at: AtomicU64,
+}
+
+/// A snapshot of one lane's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Messages written to the socket.
+    pub msgs_sent: u64,
+    /// Frame bytes written to the socket (headers included).
+    pub bytes_sent: u64,
+    /// Messages received and delivered to a receive channel.
+    pub msgs_received: u64,
+    /// Frame bytes received (headers included).
+    pub bytes_received: u64,
+    /// Bytes (encoded size) waiting in the send queue right now.
+    pub queued_bytes: u64,
+    /// Messages dropped on the way out, by reason (only non-zero reasons).
+    pub drops: BTreeMap<DropReason, u64>,
+    /// Since when this lane's outbound connection has been up, if it is.
+    pub connected_since: Option<Instant>,
+}
+
+impl LaneStats {
+    /// Total dropped messages, all reasons.
+    pub fn dropped(&self) -> u64 {
+        self.drops.values().sum()
+    }
+
+    /// Dropped messages for one reason.
+    pub fn dropped_for(&self, reason: DropReason) -> u64 {
+        self.drops.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+/// A snapshot of one peer's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The message lane (heartbeats, votes, responses, proposals).
+    pub message_lane: LaneStats,
+    /// The append lane.
+    pub append_lane: LaneStats,
+    /// Outbound connections established after the first one, over all lanes.
+    pub reconnects: u64,
+    /// Inbound connections from this peer closed because it broke the
+    /// protocol (bad frame, checksum, decode error, …).
+    pub protocol_errors: u64,
+    /// Our outbound connections that this peer rejected in the handshake.
+    pub rejected_by_peer: u64,
+    /// Inbound connections from this peer id that we rejected.
+    pub rejected_inbound: u64,
+    /// Messages received from this peer while it was paused, and dropped.
+    pub received_dropped_paused: u64,
+    /// The most recent connection error, as a sentence.
+    pub last_error: Option<String>,
+    /// Since when the message lane has been connected, if it is.
+    pub active_since: Option<Instant>,
+}
+
+impl PeerStats {
+    /// The stats of one lane.
+    pub fn lane(&self, lane: Lane) -> &LaneStats {
+        match lane {
+            Lane::Message => &self.message_lane,
+            Lane::Append => &self.append_lane,
+        }
+    }
+
+    /// Drops over both lanes for one reason.
+    pub fn dropped_for(&self, reason: DropReason) -> u64 {
+        self.message_lane.dropped_for(reason) + self.append_lane.dropped_for(reason)
+    }
+}
+
+/// A snapshot of all counters, from [`Transport::stats`](crate::Transport::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Per peer (and remote).
+    pub peers: BTreeMap<u64, PeerStats>,
+    /// Traffic and errors of inbound connections from ids that are not peers.
+    pub non_peers: PeerStats,
+    /// Messages dropped by `send` because `to` was not a peer.
+    pub dropped_unknown_peer: u64,
+    /// Messages dropped by `send` because `to` was this node.
+    pub dropped_to_self: u64,
+    /// Messages dropped by `send` after `stop`.
+    pub dropped_stopped: u64,
+    /// Inbound connections that completed the handshake.
+    pub inbound_accepted: u64,
+    /// Inbound connections we rejected in the handshake, all reasons.
+    pub inbound_rejected: u64,
+    /// Inbound connections closed for breaking the protocol, all senders
+    /// (including connections that never completed a handshake).
+    pub protocol_errors: u64,
+    /// Inbound connections closed because the handshake did not complete in time.
+    pub handshake_timeouts: u64,
+}
+
+impl Stats {
+    /// One peer's stats (default, all zero, for an unknown id).
+    pub fn peer(&self, id: u64) -> PeerStats {
+        self.peers.get(&id).cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,512 @@
+//! Frames: the unit of everything sent after the handshake.
+//!
+//! ```text
+//!  0      4    5     6        8        12
+//!  +------+----+-----+--------+--------+------------------+
+//!  | len  |kind|flags|reserved| crc32c | payload (len B)  |
+//!  +------+----+-----+--------+--------+------------------+
+//! ```
+//!
+//! All integers are big-endian. `crc32c` is CRC-32C (Castagnoli) over the
+//! first 8 header bytes followed by the payload. `flags` and `reserved` must
+//! be zero in protocol version 1. The length is checked against the
+//! receiver's limit as soon as the first four bytes are known, before any
+//! buffer is grown for the payload.
+
+use byteorder::{BigEndian, ByteOrder};
+use std::fmt;
+
+/// Bytes in a frame header.
+pub const FRAME_HEADER_LEN: usize = 12;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// One encoded message (the message type's own encoding).
+    Message = 1,
+    /// A link heartbeat: empty payload, keeps an idle connection alive.
+    Heartbeat = 2,
+}
+
+impl FrameKind {
+    /// The kind for a wire byte, if it is one this version knows.
+    pub fn from_u8(b: u8) -> Option<FrameKind> {
+        match b {
+            1 => Some(FrameKind::Message),
+            2 => Some(FrameKind::Heartbeat),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded frame, borrowing its payload from the decoder's input or buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The frame's kind.
+    pub kind: FrameKind,
+    /// The payload bytes (checksum already verified).
+    pub payload: &'a [u8],
+}
+
+/// Why a byte stream is not a valid sequence of frames. Every variant means
+/// the peer misbehaved (or the bytes were damaged): the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length field exceeds the receiver's limit.
+    Oversize {
+        /// Length announced by the header.
+        len: u32,
+        /// The receiver's limit (`Config::max_frame_len`).
+        max: u32,
+    },
+    /// The frame kind byte is not one this version knows.
+    UnknownKind(u8),
+    /// The flags or reserved bytes are not zero.
+    NonZeroReserved,
+    /// The checksum does not match the frame.
+    BadChecksum {
+        /// Checksum carried by the header.
+        expected: u32,
+        /// Checksum computed over the received bytes.
+        actual: u32,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Oversize { len, max } => {
+                write!(f, "frame length {len} exceeds the limit of {max} bytes")
+            }
+            FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            FrameError::NonZeroReserved => write!(f, "frame flags or reserved bytes not zero"),
+            FrameError::BadChecksum { expected, actual } => write!(
+                f,
+                "frame checksum mismatch (header {expected:#010x}, computed {actual:#010x})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl FrameError {
+    /// A short stable name, used as a stats key and in log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FrameError::Oversize { .. } => "oversize",
+            FrameError::UnknownKind(_) => "unknown_kind",
+            FrameError::NonZeroReserved => "nonzero_reserved",
+            FrameError::BadChecksum { .. } => "bad_checksum",
+        }
+    }
+}
+
+struct Header {
+    len: u32,
+    kind: FrameKind,
+    crc: u32,
+}
+
+fn parse_header(h: &[u8], max: u32) -> Result<Header, FrameError> {
+    debug_assert!(h.len() >= FRAME_HEADER_LEN);
+    let len = BigEndian::read_u32(&h[0..4]);
+    if len > max {
+        return Err(FrameError::Oversize { len, max });
+    }
+    let kind = FrameKind::from_u8(h[4]).ok_or(FrameError::UnknownKind(h[4]))?;
+    if h[5] != 0 || h[6] != 0 || h[7] != 0 {
+        return Err(FrameError::NonZeroReserved);
+    }
+    let crc = BigEndian::read_u32(&h[8..12]);
+    Ok(Header { len, kind, crc })
+}
+
+fn checksum(header8: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header8), payload)
+}
+
+fn verify(frame: &[u8], h: &Header) -> Result<(), FrameError> {
+    let actual = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..]);
+    if actual != h.crc {
+        return Err(FrameError::BadChecksum {
+            expected: h.crc,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Appends one frame to `out`: reserves the header, lets `write_payload`
+/// append the payload, then fills in length and checksum.
+///
+/// If the payload turns out longer than `max_len`, `out` is restored to its
+/// previous length and `Err(payload_len)` is returned: the receiver would
+/// reject such a frame, so it must not be sent.
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    max_len: u32,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), usize> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    write_payload(out);
+    let payload_len = out.len() - start - FRAME_HEADER_LEN;
+    if payload_len > max_len as usize {
+        out.truncate(start);
+        return Err(payload_len);
+    }
+    let frame = &mut out[start..];
+    BigEndian::write_u32(&mut frame[0..4], payload_len as u32);
+    frame[4] = kind as u8;
+    let crc = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..]);
+    BigEndian::write_u32(&mut frame[8..12], crc);
+    Ok(())
+}
+
+/// The 12 bytes of a link heartbeat frame (empty payload).
+pub fn heartbeat_frame() -> [u8; FRAME_HEADER_LEN] {
+    let mut b = [0u8; FRAME_HEADER_LEN];
+    b[4] = FrameKind::Heartbeat as u8;
+    let crc = checksum(&b[0..8], &[]);
+    BigEndian::write_u32(&mut b[8..12], crc);
+    b
+}
+
+/// A frame decoder for one connection, fed byte chunks of any size.
+///
+/// Complete frames are returned straight from the caller's chunk without a
+/// copy; only a frame cut by a chunk boundary is assembled in the decoder's
+/// own buffer, which therefore never holds more than one frame
+/// (`FRAME_HEADER_LEN + max_len` bytes), and is sized only after the length
+/// has passed the limit check.
+///
+/// ```
+/// use raftwire::wire::{Deframer, FrameKind, encode_frame};
+///
+/// let mut bytes = Vec::new();
+/// encode_frame(&mut bytes, FrameKind::Message, 1024, |b| b.extend_from_slice(b"hello")).unwrap();
+/// let mut deframer = Deframer::new(1024);
+/// let mut frames = Vec::new();
+/// for piece in bytes.chunks(5) {
+///     let mut cursor = deframer.feed(piece);
+///     while let Some(frame) = cursor.next() {
+///         frames.push(frame.unwrap().payload.to_vec());
+///     }
+/// }
+/// assert_eq!(frames, vec![b"hello".to_vec()]);
+/// ```
+#[derive(Debug)]
+pub struct Deframer {
+    partial: Vec<u8>,
+    partial_done: bool,
+    max_len: u32,
+    failed: bool,
+}
+
+impl Deframer {
+    /// A decoder accepting payloads of at most `max_len` bytes.
+    pub fn new(max_len: u32) -> Deframer {
+        Deframer {
+            partial: Vec::new(),
+            partial_done: false,
+            max_len,
+            failed: false,
+        }
+    }
+
+    /// Starts decoding `input`; pull frames with [`Cursor::next`] until it
+    /// returns `None`. Bytes of a trailing incomplete frame are kept for the
+    /// next call.
+    pub fn feed<'d, 'i>(&'d mut self, input: &'i [u8]) -> Cursor<'d, 'i> {
+        Cursor { d: self, input }
+    }
+
+    /// Bytes held of a frame not yet complete. Non-zero when the connection
+    /// ends means the last frame was truncated.
+    pub fn pending_bytes(&self) -> usize {
+        if self.partial_done {
+            0
+        } else {
+            self.partial.len()
+        }
+    }
+
+    /// Capacity currently held by the reassembly buffer.
+    pub fn buffer_capacity(&self) -> usize {
+        self.partial.capacity()
+    }
+
+    /// Whether an error has been returned; a failed decoder yields nothing more.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+}
+
+/// A pass over one input chunk; see [`Deframer::feed`].
+#[derive(Debug)]
+pub struct Cursor<'d, 'i> {
+    d: &'d mut Deframer,
+    input: &'i [u8],
+}
+
+impl<'d, 'i> Cursor<'d, 'i> {
+    /// Input bytes not yet looked at (left when the caller stops early).
+    pub fn remaining(&self) -> usize {
+        self.input.len()
+    }
+
+    /// The next complete frame, `None` when more input is needed, or an
+    /// error after which the stream is unusable (the decoder stays failed).
+    // A lending iterator: the frame may borrow the decoder's own buffer.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Result<Frame<'_>, FrameError>> {
+        if self.d.failed {
+            return None;
+        }
+        if self.d.partial_done {
+            self.d.partial.clear();
+            self.d.partial_done = false;
+        }
+        if !self.d.partial.is_empty() {
+            return self.next_from_partial();
+        }
+        self.next_from_input()
+    }
+
+    fn fail(&mut self, e: FrameError) -> Option<Result<Frame<'_>, FrameError>> {
+        self.d.failed = true;
+        self.d.partial = Vec::new();
+        self.input = &[];
+        Some(Err(e))
+    }
+
+    fn take_into_partial(&mut self, want: usize) {
+        let n = want.min(self.input.len());
+        self.d.partial.extend_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+    }
+
+    fn next_from_partial(&mut self) -> Option<Result<Frame<'_>, FrameError>> {
+        if self.d.partial.len() < FRAME_HEADER_LEN {
+            self.take_into_partial(FRAME_HEADER_LEN - self.d.partial.len());
+            if self.d.partial.len() < FRAME_HEADER_LEN {
+                return None;
+            }
+        }
+        let h = match parse_header(&self.d.partial, self.d.max_len) {
+            Ok(h) => h,
+            Err(e) => return self.fail(e),
+        };
+        let total = FRAME_HEADER_LEN + h.len as usize;
+        if self.d.partial.len() < total {
+            // The length passed the limit check above: sizing is safe now.
+            self.d.partial.reserve_exact(total - self.d.partial.len());
+            self.take_into_partial(total - self.d.partial.len());
+            if self.d.partial.len() < total {
+                return None;
+            }
+        }
+        if let Err(e) = verify(&self.d.partial, &h) {
+            return self.fail(e);
+        }
+        self.d.partial_done = true;
+        Some(Ok(Frame {
+            kind: h.kind,
+            payload: &self.d.partial[FRAME_HEADER_LEN..total],
+        }))
+    }
+
+    fn next_from_input(&mut self) -> Option<Result<Frame<'_>, FrameError>> {
+        if self.input.is_empty() {
+            return None;
+        }
+        if self.input.len() < FRAME_HEADER_LEN {
+            self.take_into_partial(FRAME_HEADER_LEN);
+            return None;
+        }
+        let h = match parse_header(self.input, self.d.max_len) {
+            Ok(h) => h,
+            Err(e) => return self.fail(e),
+        };
+        let total = FRAME_HEADER_LEN + h.len as usize;
+        if self.input.len() < total {
+            self.d.partial.reserve_exact(total);
+            self.take_into_partial(total);
+            return None;
+        }
+        let input: &'i [u8] = self.input;
+        let frame = &input[..total];
+        self.input = &input[total..];
+        if let Err(e) = verify(frame, &h) {
+            return self.fail(e);
+        }
+        Some(Ok(Frame {
+            kind: h.kind,
+            payload: &frame[FRAME_HEADER_LEN..],
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            encode_frame(&mut out, FrameKind::Message, 1 << 20, |b| {
+                b.extend_from_slice(p)
+            })
+            .unwrap();
+            out.extend_from_slice(&heartbeat_frame());
+        }
+        out
+    }
+
+    fn decode_all(d: &mut Deframer, pieces: &[&[u8]]) -> Vec<Result<(FrameKind, Vec<u8>), FrameError>> {
+        let mut got = Vec::new();
+        for p in pieces {
+            let mut c = d.feed(p);
+            while let Some(r) = c.next() {
+                got.push(r.map(|f| (f.kind, f.payload.to_vec())));
+            }
+        }
+        got
+    }
+
+    fn expected(payloads: &[&[u8]]) -> Vec<Result<(FrameKind, Vec<u8>), FrameError>> {
+        payloads
+            .iter()
+            .flat_map(|p| {
+                [
+                    Ok((FrameKind::Message, p.to_vec())),
+                    Ok((FrameKind::Heartbeat, Vec::new())),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_split_point_two_pieces() {
+        let payloads: Vec<&[u8]> = vec![b"", b"a", b"hello world", &[7u8; 300]];
+        let bytes = stream(&payloads);
+        for cut in 0..=bytes.len() {
+            let mut d = Deframer::new(1 << 20);
+            let got = decode_all(&mut d, &[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(got, expected(&payloads), "cut at {cut}");
+            assert_eq!(d.pending_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn every_split_point_three_pieces() {
+        let payloads: Vec<&[u8]> = vec![b"xy", &[1u8; 40]];
+        let bytes = stream(&payloads);
+        for a in 0..=bytes.len() {
+            for b in a..=bytes.len() {
+                let mut d = Deframer::new(1024);
+                let got = decode_all(&mut d, &[&bytes[..a], &bytes[a..b], &bytes[b..]]);
+                assert_eq!(got, expected(&payloads), "cuts at {a},{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let payloads: Vec<&[u8]> = vec![&[9u8; 1000], b"z"];
+        let bytes = stream(&payloads);
+        let pieces: Vec<&[u8]> = bytes.chunks(1).collect();
+        let mut d = Deframer::new(4096);
+        assert_eq!(decode_all(&mut d, &pieces), expected(&payloads));
+    }
+
+    #[test]
+    fn truncated_frame_is_pending() {
+        let bytes = stream(&[b"abcdef"]);
+        for cut in 1..bytes.len() - FRAME_HEADER_LEN {
+            let mut d = Deframer::new(1024);
+            let got = decode_all(&mut d, &[&bytes[..cut]]);
+            assert!(got.is_empty());
+            assert_eq!(d.pending_bytes(), cut);
+        }
+    }
+
+    #[test]
+    fn oversize_rejected_before_allocation_at_every_split() {
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, FrameKind::Message, 1 << 20, |b| {
+            b.extend_from_slice(&[0u8; 100])
+        })
+        .unwrap();
+        for cut in 0..=bytes.len() {
+            let mut d = Deframer::new(99);
+            let got = decode_all(&mut d, &[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(got, vec![Err(FrameError::Oversize { len: 100, max: 99 })]);
+            assert!(d.is_failed());
+            assert!(d.buffer_capacity() < 99, "grew before the limit check");
+        }
+    }
+
+    #[test]
+    fn huge_length_does_not_allocate() {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h[0..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        h[4] = 1;
+        let mut d = Deframer::new(16 << 20);
+        let got = decode_all(&mut d, &[&h[..4], &h[4..]]);
+        assert!(matches!(got[0], Err(FrameError::Oversize { .. })));
+        assert!(d.buffer_capacity() <= FRAME_HEADER_LEN * 2);
+    }
+
+    #[test]
+    fn corrupt_byte_anywhere_is_detected() {
+        let bytes = stream(&[b"payload bytes"]);
+        let first = FRAME_HEADER_LEN + 13;
+        for i in 0..first {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x40;
+            let mut d = Deframer::new(1024);
+            let got = decode_all(&mut d, &[&damaged]);
+            match got.first() {
+                Some(Err(_)) => {}
+                // A damaged length may make the frame look longer: still waiting.
+                None => assert!(i < 4),
+                other => panic!("byte {i}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_kind_and_reserved() {
+        let mut bytes = heartbeat_frame().to_vec();
+        bytes[4] = 9;
+        let mut d = Deframer::new(10);
+        assert_eq!(decode_all(&mut d, &[&bytes]), vec![Err(FrameError::UnknownKind(9))]);
+        let mut bytes = heartbeat_frame().to_vec();
+        bytes[6] = 1;
+        let mut d = Deframer::new(10);
+        assert_eq!(decode_all(&mut d, &[&bytes]), vec![Err(FrameError::NonZeroReserved)]);
+    }
+
+    #[test]
+    fn failed_decoder_yields_nothing_more() {
+        let mut bytes = heartbeat_frame().to_vec();
+        bytes[11] ^= 1;
+        bytes.extend_from_slice(&heartbeat_frame());
+        let mut d = Deframer::new(10);
+        let got = decode_all(&mut d, &[&bytes, &heartbeat_frame()]);
+        assert_eq!(got.len(), 1);
+        assert!(matches!(got[0], Err(FrameError::BadChecksum { .. })));
+    }
+
+    #[test]
+    fn encode_refuses_oversize_payload() {
+        let mut out = vec![1, 2, 3];
+        let r = encode_frame(&mut out, FrameKind::Message, 4, |b| b.extend_from_slice(b"12345"));
+        assert_eq!(r, Err(5));
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+}

@@ -1,0 +1,17 @@
+//! The wire format, as pure functions of bytes: no sockets, no threads, no
+//! clock reads. Everything here is specified byte by byte in
+//! `docs/PROTOCOL.md`, and a test decodes the examples printed there.
+//!
+//! A connection carries a [`handshake`] (hello from the dialer, response from
+//! the acceptor) and then a stream of [`frame`]s in both directions.
+
+pub mod frame;
+pub mod handshake;
+
+pub use frame::{
+    Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame, heartbeat_frame,
+};
+pub use handshake::{
+    HELLO_LEN, Hello, HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN,
+    RejectReason, Response, ResponseError,
+};
