@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(l.check(t0 + hb, hb, rt, wt), LivenessCheck::SendHeartbeat);
         l.handle_written(t0 + hb, false);
         l.handle_read(t0 + 250 * MS);
-        assert_eq!(l.check(t0 + 260 * MS, hb, rt, wt), LivenessCheck::Ok);
+        assert_eq!(l.check(t0 + 150 * MS, hb, rt, wt), LivenessCheck::Ok);
         assert_eq!(l.next_deadline(hb, rt, wt), t0 + 200 * MS);
         assert_eq!(l.check(t0 + 550 * MS, hb, rt, wt), LivenessCheck::ReadTimeout);
         let mut l = Liveness::new(t0);
