@@ -31,6 +31,19 @@ use std::time::Duration;
 /// The transport is stopping; the reader ends.
 struct Stopped;
 
+/// How much one connection may be served before the next one's turn: a
+/// number of frames and a number of bytes, whichever runs out first.
+struct Budget {
+    frames: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn left(&self) -> bool {
+        self.frames > 0 && self.bytes > 0
+    }
+}
+
 /// A receive channel bounded in messages (by the channel) and in bytes (by
 /// tracking the sizes of what is still in it: the channel is FIFO, so its
 /// length says how many of the oldest sends have been consumed).
@@ -215,12 +228,15 @@ impl<M: Message> Reader<M> {
             return Ok(());
         };
         c.queued = false;
-        let mut budget = self.inner.config.reader_fairness_budget;
+        let mut budget = Budget {
+            frames: self.inner.config.reader_fairness_budget,
+            bytes: self.inner.config.read_chunk_len,
+        };
         let peer = match c.state {
             State::Open { from, .. } => self.peer(from),
             _ => None,
         };
-        while budget > 0 {
+        while budget.left() {
             let Some(chunk) = c.chunks.pop_front() else {
                 break;
             };
@@ -268,7 +284,7 @@ impl<M: Message> Reader<M> {
         c: &mut InConn,
         chunk: &[u8],
         off: &mut usize,
-        budget: &mut usize,
+        budget: &mut Budget,
         peer: Option<&PeerHandle<M>>,
     ) -> Result<(), Stopped> {
         if let State::Hello(buf) = &mut c.state {
@@ -296,7 +312,7 @@ impl<M: Message> Reader<M> {
         };
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
-        while *budget > 0 {
+        while budget.left() {
             let frame = match cursor.next() {
                 None => break,
                 Some(Ok(f)) => f,
@@ -305,7 +321,10 @@ impl<M: Message> Reader<M> {
                     break;
                 }
             };
-            *budget -= 1;
+            budget.frames -= 1;
+            budget.bytes = budget
+                .bytes
+                .saturating_sub(frame.payload.len() + FRAME_HEADER_LEN);
             match handle_frame::<M>(&self.inner, from, frame) {
                 Ok(None) => {}
                 Ok(Some((m, size))) => {

@@ -1,0 +1,109 @@
+//! Heartbeats never wait behind appends: the append lane is saturated (its
+//! send queue full, the receiver's consumer slow to apply appends) while
+//! heartbeats on the message lane keep arriving quickly.
+
+mod common;
+use common::*;
+use raftwire::{DropReason, Envelope, MessageClass};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[test]
+fn heartbeat_latency_stays_low_while_appends_saturate_their_lane() {
+    let mut c1 = config(1);
+    c1.append_queue_bytes = 32 << 20;
+    let mut c2 = config(2);
+    // The consumer's own channel may hold at most ~2 appends.
+    c2.recv_queue_bytes = 2 << 20;
+    let nodes = vec![start(c1), start(c2)];
+    connect_all(&nodes);
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Appender: keeps the append lane's queue full of 1 MiB appends.
+    let appender = {
+        let t = nodes[0].t.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let payload = vec![0xAB; 1 << 20];
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..8 {
+                    t.send([Envelope::new(2, 1, MessageClass::Append, payload.clone())]);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    // Consumer on node 2: applying an append takes 4 ms, a heartbeat nothing.
+    let consumer = {
+        let rx = nodes[1].t.messages().clone();
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            let mut appends = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while latencies.len() < 100 && Instant::now() < deadline {
+                let Ok(m) = rx.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                match m.class {
+                    MessageClass::Append => {
+                        appends += 1;
+                        std::thread::sleep(Duration::from_millis(4));
+                    }
+                    _ => {
+                        let sent = u64::from_be_bytes(m.payload[..8].try_into().unwrap());
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        latencies.push(Duration::from_nanos(now - sent));
+                    }
+                }
+            }
+            (latencies, appends)
+        })
+    };
+
+    // Wait until the append backlog is real: at least 16 MiB queued.
+    let t1 = nodes[0].t.clone();
+    wait_until("append backlog", 5, || {
+        t1.stats().peer(2).append_lane.queued_bytes >= 16 << 20
+    });
+    let mut backlog = 0;
+
+    // 100 heartbeats, one every 10 ms.
+    for _ in 0..100 {
+        backlog = backlog.max(t1.stats().peer(2).append_lane.queued_bytes);
+        let now = epoch.elapsed().as_nanos() as u64;
+        nodes[0]
+            .t
+            .send([Envelope::new(2, 1, MessageClass::Other, now.to_be_bytes().to_vec())]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut lat, appends) = consumer.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    appender.join().unwrap();
+    lat.sort();
+    assert_eq!(lat.len(), 100, "every heartbeat arrived");
+    let p50 = lat[50];
+    let p99 = lat[98];
+    let max = lat[99];
+    // The backlog alone takes backlog/1MiB * 4 ms to apply; a heartbeat
+    // queued behind it would wait that long.
+    let backlog_drain = Duration::from_millis(4 * (backlog >> 20));
+    println!(
+        "heartbeat latency p50 {p50:?} p99 {p99:?} max {max:?}; append backlog {} MiB \
+         (= {backlog_drain:?} of apply time); {appends} appends applied",
+        backlog >> 20
+    );
+    assert!(backlog_drain >= Duration::from_millis(64));
+    assert!(
+        p99 < backlog_drain / 2,
+        "heartbeats waited behind appends: p99 {p99:?}"
+    );
+    let s = nodes[0].t.stats().peer(2);
+    assert_eq!(s.message_lane.dropped(), 0, "no heartbeat was dropped");
+    assert!(
+        s.append_lane.dropped_for(DropReason::QueueFull) > 0,
+        "the append lane was saturated"
+    );
+}
