@@ -173,7 +173,10 @@ impl Config {
             ("handshake_timeout", self.handshake_timeout),
             ("backoff_floor", self.backoff_floor),
             ("backoff_cap", self.backoff_cap),
-            ("unreachable_report_interval", self.unreachable_report_interval),
+            (
+                "unreachable_report_interval",
+                self.unreachable_report_interval,
+            ),
             ("log_interval", self.log_interval),
         ];
         for (field, d) in durations {
@@ -194,11 +197,20 @@ impl Config {
         if self.backoff_cap < self.backoff_floor {
             return bad("backoff_cap", "must not be below backoff_floor");
         }
-        if self.tcp_keepalive.is_some_and(|d| d < Duration::from_secs(1)) {
-            return bad("tcp_keepalive", "must be at least one second (TCP counts in seconds)");
+        if self
+            .tcp_keepalive
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return bad(
+                "tcp_keepalive",
+                "must be at least one second (TCP counts in seconds)",
+            );
         }
         if self.send_buffer_size == Some(0) || self.recv_buffer_size == Some(0) {
-            return bad("send_buffer_size/recv_buffer_size", "must be non-zero when set");
+            return bad(
+                "send_buffer_size/recv_buffer_size",
+                "must be non-zero when set",
+            );
         }
         Ok(())
     }

@@ -65,7 +65,10 @@ impl fmt::Display for Error {
                 write!(f, "peer {peer}: unusable address {addr:?}: {reason}")
             }
             Error::InvalidPeerId(id) => {
-                write!(f, "invalid peer id {id}: must be non-zero and not this node's id")
+                write!(
+                    f,
+                    "invalid peer id {id}: must be non-zero and not this node's id"
+                )
             }
             Error::DuplicatePeer(id) => write!(f, "peer {id} already exists"),
             Error::UnknownPeer(id) => write!(f, "peer {id} is not known to this transport"),

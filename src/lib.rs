@@ -1,5 +1,182 @@
-//! raftwire moves Raft messages between cluster members over TCP, on plain
-//! threads, with no async runtime.
+//! raftwire moves Raft messages between the members of a cluster over TCP,
+//! on plain threads, with no async runtime: the network layer that raft-rs
+//! and etcd's raft leave to their users.
+//!
+//! This page is a tutorial; every example compiles and runs (on 127.0.0.1).
+//!
+//! # 1. Start a transport and add peers
+//!
+//! A [`Transport`] binds its listener, starts its threads, and is ready.
+//! Peers are dialed as soon as they are added and redialed forever, with
+//! exponential backoff and jitter, until they are removed.
+//!
+//! ```
+//! use raftwire::{Config, NoopReporter, Transport};
+//!
+//! # fn main() -> Result<(), raftwire::Error> {
+//! let mut config = Config::new(1, "127.0.0.1:0".parse().unwrap());
+//! config.cluster_id = 42; // connections from other clusters are rejected
+//! let t: Transport = Transport::start(config, NoopReporter)?;
+//! println!("node 1 listens on {}", t.local_addr());
+//! t.add_peer(2, &["127.0.0.1:7002", "10.0.0.2:7002"])?; // tried in turn
+//! t.stop();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # 2. Send and receive
+//!
+//! [`Transport::send`] routes each message by its `to` and returns at once:
+//! it never blocks. Received messages arrive on two crossbeam channels:
+//! proposals on [`Transport::proposals`], everything else on
+//! [`Transport::messages`] (etcd's `propc` and `recvc`), so a Raft loop can
+//! `select!` over them beside its own tick.
+//!
+//! ```
+//! use crossbeam_channel::{select, tick};
+//! use raftwire::{Config, Envelope, MessageClass, NoopReporter, Transport};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), raftwire::Error> {
+//! let any = "127.0.0.1:0".parse().unwrap();
+//! let a: Transport = Transport::start(Config::new(1, any), NoopReporter)?;
+//! let b: Transport = Transport::start(Config::new(2, any), NoopReporter)?;
+//! a.add_peer(2, &[b.local_addr()])?;
+//!
+//! a.send([
+//!     Envelope::new(2, 1, MessageClass::Other, b"vote".to_vec()),
+//!     Envelope::new(2, 1, MessageClass::Proposal, b"set x=1".to_vec()),
+//! ]);
+//!
+//! let ticker = tick(Duration::from_millis(10));
+//! let (mut votes, mut props) = (0, 0);
+//! while votes + props < 2 {
+//!     select! {
+//!         recv(b.messages()) -> m => { assert_eq!(m.unwrap().payload, b"vote"); votes += 1 }
+//!         recv(b.proposals()) -> m => { assert_eq!(m.unwrap().from, 1); props += 1 }
+//!         recv(ticker) -> _ => { /* raw_node.tick() */ }
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Transport::try_send`] is the variant that gives a message back with
+//! the reason it cannot be queued (full, unknown peer, paused, stopped).
+//!
+//! # 3. Your own message type
+//!
+//! The transport moves any type that implements [`Message`]: where it goes,
+//! what [`MessageClass`] it is (which picks the lane and the receive
+//! channel), and how it encodes. [`Envelope`] is the built-in one.
+//!
+//! ```
+//! use raftwire::{DecodeError, Message, MessageClass};
+//!
+//! #[derive(Debug, PartialEq)]
+//! struct Heartbeat { to: u64, from: u64, term: u64 }
+//!
+//! impl Message for Heartbeat {
+//!     fn to(&self) -> u64 { self.to }
+//!     fn from(&self) -> u64 { self.from }
+//!     fn class(&self) -> MessageClass { MessageClass::Other }
+//!     fn encoded_len(&self) -> usize { 24 }
+//!     fn encode(&self, out: &mut Vec<u8>) {
+//!         for v in [self.to, self.from, self.term] {
+//!             out.extend_from_slice(&v.to_be_bytes());
+//!         }
+//!     }
+//!     fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+//!         // Bytes from the network: never panic, say what is wrong.
+//!         if b.len() != 24 {
+//!             return Err(DecodeError(format!("heartbeat of {} bytes", b.len())));
+//!         }
+//!         let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap());
+//!         Ok(Heartbeat { to: u(0), from: u(8), term: u(16) })
+//!     }
+//! }
+//!
+//! let h = Heartbeat { to: 2, from: 1, term: 7 };
+//! let mut bytes = Vec::new();
+//! h.encode(&mut bytes);
+//! assert_eq!(Heartbeat::decode(&bytes).unwrap(), h);
+//! assert!(Heartbeat::decode(&bytes[..5]).is_err());
+//! ```
+//!
+//! # 4. Reporting back to Raft
+//!
+//! Raft retries on its own; what it needs is to *know* when messages did
+//! not get through. The transport calls a [`Reporter`]:
+//! `report_unreachable(id)` when messages to `id` were dropped (coalesced:
+//! at most once per peer per [`Config::unreachable_report_interval`]),
+//! `report_snapshot(id, status)` for snapshots, `is_id_removed(id)` during
+//! handshakes, and `report_rejected(id, reason)` when a peer refuses us.
+//! Reporter methods run on transport threads and must return quickly.
+//!
+//! raft-rs's `RawNode` lives on one thread, so use [`ChannelReporter`]: it
+//! turns the calls into [`ReportEvent`]s that the Raft thread applies.
+//!
+//! ```
+//! use raftwire::{ChannelReporter, Config, Envelope, MessageClass, ReportEvent, Transport};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), raftwire::Error> {
+//! let (reporter, events) = ChannelReporter::new();
+//! let t: Transport = Transport::start(Config::new(1, "127.0.0.1:0".parse().unwrap()), reporter)?;
+//! // Nothing listens on this address: the peer is unreachable.
+//! let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+//! t.add_peer(2, &[dead])?;
+//! t.send([Envelope::new(2, 1, MessageClass::Append, vec![0; 64])]);
+//!
+//! // On the Raft thread:
+//! match events.recv_timeout(Duration::from_secs(5)).unwrap() {
+//!     ReportEvent::Unreachable(id) => { assert_eq!(id, 2); /* raw_node.report_unreachable(id) */ }
+//!     ReportEvent::Snapshot(id, status) => { /* raw_node.report_snapshot(id, status) */ }
+//!     ReportEvent::Rejected(id, reason) => eprintln!("peer {id} refused us: {reason}"),
+//! }
+//! assert_eq!(t.stats().peer(2).append_lane.dropped(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # 5. Membership
+//!
+//! [`add_peer`](Transport::add_peer), [`remove_peer`](Transport::remove_peer),
+//! [`update_peer`](Transport::update_peer) (new addresses) and
+//! [`add_remote`](Transport::add_remote) (a node being caught up before it
+//! is a member) follow etcd's transport. [`active_since`](Transport::active_since)
+//! and [`active_peers`](Transport::active_peers) say who is connected;
+//! [`pause`](Transport::pause) / [`resume`](Transport::resume) cut a peer
+//! off in both directions (handy to simulate partitions). A removed member
+//! is refused at the handshake once the reporter's `is_id_removed` says so
+//! ([`ChannelReporter::mark_removed`]).
+//!
+//! # 6. Limits and memory
+//!
+//! Every queue and buffer is bounded by a [`Config`] field; see its
+//! documentation for the arithmetic. A full send queue drops (counted,
+//! logged, reported); a caller who does not drain the receive channels
+//! makes the transport stop reading sockets, so TCP pushes back and the
+//! drops happen at the senders, where Raft is told.
+//!
+//! # 7. What failures look like
+//!
+//! | event | what happens |
+//! |---|---|
+//! | queue full, peer paused, message too large | dropped, counted per reason, logged (rate-limited), `report_unreachable` (coalesced) |
+//! | unknown peer, message to self | dropped, counted, debug log |
+//! | peer down | `report_unreachable`, redial with backoff; a restarted peer is back within the backoff cap |
+//! | connection silent past `read_timeout`, writes stuck past `write_timeout` | closed, peer inactive, redialed |
+//! | handshake rejected | both sides log the reason and count it; the dialer backs off; `report_rejected` |
+//! | garbage, bad checksum, oversize, truncated, undecodable | that connection closed, logged, counted; no one else affected |
+//! | `stop()` | returns promptly; every thread joined, every socket closed |
+//!
+//! Everything is visible in [`Transport::stats`].
+//!
+//! # 8. The wire
+//!
+//! The protocol is in `docs/PROTOCOL.md`; the pure codec is the [`wire`]
+//! module (no sockets, no threads, no clocks).
 #![warn(missing_docs)]
 
 pub mod config;
@@ -19,3 +196,8 @@ pub use reporter::{ChannelReporter, NoopReporter, ReportEvent, Reporter, Snapsho
 pub use stats::{LaneStats, PeerStats, Stats};
 pub use transport::Transport;
 pub use wire::{Lane, RejectReason};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -344,7 +344,10 @@ mod tests {
         let bases = [50, 100, 200, 400, 400, 400];
         for base in bases {
             let d = b.next_delay();
-            assert!(d >= base * MS && d <= base * MS + base * MS / 4, "{d:?} for {base}");
+            assert!(
+                d >= base * MS && d <= base * MS + base * MS / 4,
+                "{d:?} for {base}"
+            );
         }
         b.reset();
         assert!(b.next_delay() < 63 * MS);
@@ -368,13 +371,22 @@ mod tests {
     }
 
     fn addrs() -> Vec<SocketAddr> {
-        vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]
+        vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ]
     }
 
     #[test]
     fn link_dials_rotates_and_backs_off() {
         let t0 = Instant::now();
-        let mut l = Link::new(addrs(), Backoff::new(50 * MS, 400 * MS, 3), 100 * MS, 100 * MS, t0);
+        let mut l = Link::new(
+            addrs(),
+            Backoff::new(50 * MS, 400 * MS, 3),
+            100 * MS,
+            100 * MS,
+            t0,
+        );
         assert_eq!(l.poll(t0), LinkAction::Dial(addrs()[0]));
         assert_eq!(l.poll(t0), LinkAction::WaitUntil(t0 + 100 * MS));
         assert!(l.timed_out(t0 + 100 * MS));
@@ -398,7 +410,13 @@ mod tests {
     #[test]
     fn rejected_links_back_off_further_each_time() {
         let t0 = Instant::now();
-        let mut l = Link::new(addrs(), Backoff::new(10 * MS, 1000 * MS, 3), 100 * MS, 100 * MS, t0);
+        let mut l = Link::new(
+            addrs(),
+            Backoff::new(10 * MS, 1000 * MS, 3),
+            100 * MS,
+            100 * MS,
+            t0,
+        );
         let mut now = t0;
         let mut gaps = Vec::new();
         for _ in 0..5 {
@@ -423,14 +441,20 @@ mod tests {
         l.handle_read(t0 + 250 * MS);
         assert_eq!(l.check(t0 + 150 * MS, hb, rt, wt), LivenessCheck::Ok);
         assert_eq!(l.next_deadline(hb, rt, wt), t0 + 200 * MS);
-        assert_eq!(l.check(t0 + 550 * MS, hb, rt, wt), LivenessCheck::ReadTimeout);
+        assert_eq!(
+            l.check(t0 + 550 * MS, hb, rt, wt),
+            LivenessCheck::ReadTimeout
+        );
         let mut l = Liveness::new(t0);
         l.handle_queued(t0);
         for i in 1..5 {
             l.handle_read(t0 + i * 100 * MS);
         }
         assert_eq!(l.check(t0 + 450 * MS, hb, rt, wt), LivenessCheck::Ok);
-        assert_eq!(l.check(t0 + 500 * MS, hb, rt, wt), LivenessCheck::WriteTimeout);
+        assert_eq!(
+            l.check(t0 + 500 * MS, hb, rt, wt),
+            LivenessCheck::WriteTimeout
+        );
         l.handle_written(t0 + 450 * MS, true);
         assert_eq!(l.check(t0 + 500 * MS, hb, rt, wt), LivenessCheck::Ok);
     }

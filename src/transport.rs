@@ -180,7 +180,11 @@ impl<M: Message> Transport<M> {
                 {
                     let inner = inner.clone();
                     Box::new(move |id| {
-                        if let Some(p) = inner.peers.read().unwrap_or_else(|e| e.into_inner()).get(&id)
+                        if let Some(p) = inner
+                            .peers
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&id)
                         {
                             p.notice_pending.store(false, Release);
                         }
@@ -320,7 +324,9 @@ impl<M: Message> Transport<M> {
         if !self.peer_exists(id) {
             return Err(Error::UnknownPeer(id));
         }
-        self.inner.loop_handle.send(LoopCmd::UpdatePeer { id, addrs });
+        self.inner
+            .loop_handle
+            .send(LoopCmd::UpdatePeer { id, addrs });
         Ok(())
     }
 
@@ -492,7 +498,9 @@ fn spawn_peer<M: Message>(
             max_bytes: config.queue_bytes(lane) as u64,
         });
         rxs.push(rx);
-        rets.push(crossbeam_channel::bounded::<Returned>(config.max_inflight_batches));
+        rets.push(crossbeam_channel::bounded::<Returned>(
+            config.max_inflight_batches,
+        ));
     }
     let [q0, q1]: [LaneQueue<M>; 2] = queues.try_into().ok().expect("two lanes");
     let handle = Arc::new(PeerHandle {
@@ -530,7 +538,11 @@ fn spawn_peer<M: Message>(
         };
         let w = Writer::<M>::new(ctx);
         let spawned = std::thread::Builder::new()
-            .name(format!("raftwire{}-w{id}{}", inner.instance, &lane.name()[..1]))
+            .name(format!(
+                "raftwire{}-w{id}{}",
+                inner.instance,
+                &lane.name()[..1]
+            ))
             .spawn(move || w.run());
         match spawned {
             Ok(h) => writers.push(h),
@@ -548,7 +560,11 @@ fn spawn_peer<M: Message>(
 
 /// Ends a removed peer's writers and waits for them.
 fn finish_peer<M>(handle: &PeerHandle<M>) {
-    handle.close.lock().unwrap_or_else(|e| e.into_inner()).take();
+    handle
+        .close
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     let writers = std::mem::take(&mut *handle.writers.lock().unwrap_or_else(|e| e.into_inner()));
     for w in writers {
         let _ = w.join();
@@ -633,7 +649,11 @@ fn record_send_drop<M: Message>(
             let lane = m.class().lane();
             let c = p.counters();
             c.count_drop(lane, reason, 1);
-            if rate_limit(&c.drop_logged_at[reason.index()], now, inner.config.log_interval) {
+            if rate_limit(
+                &c.drop_logged_at[reason.index()],
+                now,
+                inner.config.log_interval,
+            ) {
                 warn!(
                     "node {}: dropping messages to peer {to} on the {lane} lane: {} \
                      ({} dropped so far for this reason)",
@@ -658,7 +678,11 @@ pub(crate) fn shutdown<M>(inner: &Inner<M>) {
         return;
     }
     let mut threads = inner.threads.lock().unwrap_or_else(|e| e.into_inner());
-    inner.stop_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    inner
+        .stop_tx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     inner.loop_handle.send(LoopCmd::Stop);
     // Peers stay in the map so that `stats()` still shows them.
     let peers: Vec<_> = inner

@@ -74,9 +74,12 @@ fn heartbeat_latency_stays_low_while_appends_saturate_their_lane() {
     for _ in 0..100 {
         backlog = backlog.max(t1.stats().peer(2).append_lane.queued_bytes);
         let now = epoch.elapsed().as_nanos() as u64;
-        nodes[0]
-            .t
-            .send([Envelope::new(2, 1, MessageClass::Other, now.to_be_bytes().to_vec())]);
+        nodes[0].t.send([Envelope::new(
+            2,
+            1,
+            MessageClass::Other,
+            now.to_be_bytes().to_vec(),
+        )]);
         std::thread::sleep(Duration::from_millis(10));
     }
     let (mut lat, appends) = consumer.join().unwrap();

@@ -34,7 +34,10 @@ fn a_caller_that_does_not_drain_loses_nothing_silently() {
     let rx = nodes[1].t.messages();
     wait_until("receive channel full", 5, || rx.len() == 256);
     let dropped_at_sender = nodes[0].t.stats().peer(2).append_lane.dropped();
-    assert!(dropped_at_sender > 0, "the sender's bounded queue overflowed");
+    assert!(
+        dropped_at_sender > 0,
+        "the sender's bounded queue overflowed"
+    );
     assert!(
         nodes[0]
             .t
@@ -53,7 +56,9 @@ fn a_caller_that_does_not_drain_loses_nothing_silently() {
     wait_until("sender finished", 10, || {
         got.extend(rx.try_iter());
         let s = nodes[0].t.stats().peer(2).append_lane;
-        s.queued_bytes == 0 && s.msgs_sent + s.dropped() == total as u64 && got.len() as u64 == s.msgs_sent
+        s.queued_bytes == 0
+            && s.msgs_sent + s.dropped() == total as u64
+            && got.len() as u64 == s.msgs_sent
     });
     let s = nodes[0].t.stats().peer(2).append_lane;
     assert_eq!(got.len() as u64 + s.dropped(), total as u64);
@@ -61,8 +66,14 @@ fn a_caller_that_does_not_drain_loses_nothing_silently() {
         .iter()
         .map(|m| u32::from_be_bytes(m.payload[..4].try_into().unwrap()))
         .collect();
-    assert!(seq.windows(2).all(|w| w[0] < w[1]), "order kept within the lane");
-    assert_eq!(nodes[1].t.stats().peer(1).append_lane.msgs_received, got.len() as u64);
+    assert!(
+        seq.windows(2).all(|w| w[0] < w[1]),
+        "order kept within the lane"
+    );
+    assert_eq!(
+        nodes[1].t.stats().peer(1).append_lane.msgs_received,
+        got.len() as u64
+    );
 }
 
 #[test]
@@ -126,9 +137,12 @@ fn a_flood_from_one_peer_does_not_starve_another_peers_heartbeats() {
     });
     for _ in 0..50 {
         let now = epoch.elapsed().as_nanos() as u64;
-        nodes[1]
-            .t
-            .send([Envelope::new(3, 2, MessageClass::Other, now.to_be_bytes().to_vec())]);
+        nodes[1].t.send([Envelope::new(
+            3,
+            2,
+            MessageClass::Other,
+            now.to_be_bytes().to_vec(),
+        )]);
         std::thread::sleep(Duration::from_millis(10));
     }
     let (mut lat, floods) = consumer.join().unwrap();
@@ -140,7 +154,10 @@ fn a_flood_from_one_peer_does_not_starve_another_peers_heartbeats() {
     println!(
         "heartbeat latency p50 {:?} max {:?}; flood: {sent} offered, {} written, {} dropped \
          at the sender, {floods} consumed",
-        lat[25], lat[49], s1.msgs_sent, s1.dropped()
+        lat[25],
+        lat[49],
+        s1.msgs_sent,
+        s1.dropped()
     );
     // The flood outran the consumer by far: it was throttled at the sender.
     assert!(s1.dropped() > 0);

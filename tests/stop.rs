@@ -37,7 +37,10 @@ fn stop_and_check(n: &Node, what: &str) {
     assert_eq!(live_threads(&prefix), Vec::<String>::new(), "{what}");
     let refused = TcpStream::connect_timeout(&addr, Duration::from_millis(500));
     assert!(refused.is_err(), "{what}: port {addr} still accepts");
-    assert!(matches!(n.t.add_peer(9, &["127.0.0.1:1"]), Err(Error::Stopped)));
+    assert!(matches!(
+        n.t.add_peer(9, &["127.0.0.1:1"]),
+        Err(Error::Stopped)
+    ));
     assert!(matches!(
         n.t.try_send(Envelope::new(2, n.t.node_id(), MessageClass::Other, vec![])),
         Err(SendError::Stopped(_))

@@ -12,8 +12,7 @@ use crate::io::{
 use crate::peer::{Backoff, Link, LinkAction, LinkState, Liveness, LivenessCheck};
 use crate::stats::{GlobalCounters, rate_limit};
 use crate::wire::{
-    Deframer, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response,
-    heartbeat_frame,
+    Deframer, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response, heartbeat_frame,
 };
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
@@ -189,7 +188,8 @@ impl EventLoop {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-        let seed = epoch.elapsed().as_nanos() as u64 ^ (config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let seed = epoch.elapsed().as_nanos() as u64
+            ^ (config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         Ok(EventLoop {
             poll,
             listener,
@@ -326,7 +326,11 @@ impl EventLoop {
             LoopLane {
                 link: Link::new(
                     addrs.clone(),
-                    Backoff::new(self.config.backoff_floor, self.config.backoff_cap, self.seed),
+                    Backoff::new(
+                        self.config.backoff_floor,
+                        self.config.backoff_cap,
+                        self.seed,
+                    ),
                     self.config.dial_timeout,
                     self.config.handshake_timeout,
                     now,
@@ -431,7 +435,10 @@ impl EventLoop {
             match self.listener.accept() {
                 Ok((mut sock, addr)) => {
                     if let Err(e) = configure(SockRef::from(&sock), &self.config) {
-                        debug!("node {}: socket options for {addr}: {e}", self.config.node_id);
+                        debug!(
+                            "node {}: socket options for {addr}: {e}",
+                            self.config.node_id
+                        );
                     }
                     let id = self.next_id();
                     if let Err(e) = self.poll.registry().register(
@@ -497,9 +504,11 @@ impl EventLoop {
     fn dial(&mut self, peer: u64, lane: Lane, addr: SocketAddr, now: Instant) {
         let id = self.next_id();
         let result = dial(addr, &self.config).and_then(|mut sock| {
-            self.poll
-                .registry()
-                .register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE)?;
+            self.poll.registry().register(
+                &mut sock,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(sock)
         });
         match result {
@@ -1012,10 +1021,11 @@ impl EventLoop {
         }
         for (id, reason) in closes {
             if let Some(Conn {
-                kind: Kind::Inbound {
-                    accepted: Some((from, lane)),
-                    ..
-                },
+                kind:
+                    Kind::Inbound {
+                        accepted: Some((from, lane)),
+                        ..
+                    },
                 ..
             }) = self.conns.get(&id)
             {

@@ -17,8 +17,8 @@ use crate::reporter::Reporter;
 use crate::stats::{PeerCounters, rate_limit};
 use crate::transport::{Inner, PeerHandle};
 use crate::wire::{
-    Deframer, FRAME_HEADER_LEN, Frame, FrameKind, HELLO_LEN, Hello, HelloParse, Lane,
-    RejectReason, Response,
+    Deframer, FRAME_HEADER_LEN, Frame, FrameKind, HELLO_LEN, Hello, HelloParse, Lane, RejectReason,
+    Response,
 };
 use crossbeam_channel::{Receiver, Sender, select};
 use log::{debug, info, warn};
@@ -247,7 +247,13 @@ impl<M: Message> Reader<M> {
                 c.chunks.push_front(chunk);
             } else {
                 c.offset = 0;
-                release(&c.credit, chunk.len(), self.inner.config.conn_read_cap, id, &self.loop_handle);
+                release(
+                    &c.credit,
+                    chunk.len(),
+                    self.inner.config.conn_read_cap,
+                    id,
+                    &self.loop_handle,
+                );
             }
             result?;
         }
@@ -328,9 +334,7 @@ impl<M: Message> Reader<M> {
             match handle_frame::<M>(&self.inner, from, frame) {
                 Ok(None) => {}
                 Ok(Some((m, size))) => {
-                    let counters = peer
-                        .map(|p| p.counters())
-                        .unwrap_or(&self.inner.non_peers);
+                    let counters = peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers);
                     if peer.is_some_and(|p| p.paused.load(Relaxed)) {
                         counters.received_dropped_paused.fetch_add(1, Relaxed);
                         continue;
@@ -353,7 +357,6 @@ impl<M: Message> Reader<M> {
             }
         }
         *off = chunk.len() - cursor.remaining();
-        drop(cursor);
         if let Some(v) = violation {
             self.violation(id, c, peer, Some(from), v);
             *off = chunk.len();
@@ -374,13 +377,21 @@ impl<M: Message> Reader<M> {
                 return;
             }
             Ok(HelloParse::Unsupported(v)) => {
-                self.reject(id, c, None, RejectReason::UnsupportedVersion, &format!("version {v}"));
+                self.reject(
+                    id,
+                    c,
+                    None,
+                    RejectReason::UnsupportedVersion,
+                    &format!("version {v}"),
+                );
                 return;
             }
             Ok(HelloParse::Hello(h)) => h,
         };
         let reporter = &self.reporter;
-        match hello.check(cfg.cluster_id, cfg.node_id, |from| reporter.is_id_removed(from)) {
+        match hello.check(cfg.cluster_id, cfg.node_id, |from| {
+            reporter.is_id_removed(from)
+        }) {
             Ok(lane) => {
                 self.inner.global.inbound_accepted.fetch_add(1, Relaxed);
                 debug!(
@@ -503,7 +514,11 @@ impl<M: Message> Reader<M> {
                     ProtocolViolation::Truncated
                 ));
             }
-            if rate_limit(&g.error_logged_at, self.inner.now(), self.inner.config.log_interval) {
+            if rate_limit(
+                &g.error_logged_at,
+                self.inner.now(),
+                self.inner.config.log_interval,
+            ) {
                 warn!(
                     "node {}: connection from {:?} (node {}) ended inside a frame",
                     self.inner.config.node_id,

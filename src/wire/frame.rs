@@ -366,7 +366,10 @@ mod tests {
         out
     }
 
-    fn decode_all(d: &mut Deframer, pieces: &[&[u8]]) -> Vec<Result<(FrameKind, Vec<u8>), FrameError>> {
+    fn decode_all(
+        d: &mut Deframer,
+        pieces: &[&[u8]],
+    ) -> Vec<Result<(FrameKind, Vec<u8>), FrameError>> {
         let mut got = Vec::new();
         for p in pieces {
             let mut c = d.feed(p);
@@ -484,11 +487,17 @@ mod tests {
         let mut bytes = heartbeat_frame().to_vec();
         bytes[4] = 9;
         let mut d = Deframer::new(10);
-        assert_eq!(decode_all(&mut d, &[&bytes]), vec![Err(FrameError::UnknownKind(9))]);
+        assert_eq!(
+            decode_all(&mut d, &[&bytes]),
+            vec![Err(FrameError::UnknownKind(9))]
+        );
         let mut bytes = heartbeat_frame().to_vec();
         bytes[6] = 1;
         let mut d = Deframer::new(10);
-        assert_eq!(decode_all(&mut d, &[&bytes]), vec![Err(FrameError::NonZeroReserved)]);
+        assert_eq!(
+            decode_all(&mut d, &[&bytes]),
+            vec![Err(FrameError::NonZeroReserved)]
+        );
     }
 
     #[test]
@@ -505,7 +514,9 @@ mod tests {
     #[test]
     fn encode_refuses_oversize_payload() {
         let mut out = vec![1, 2, 3];
-        let r = encode_frame(&mut out, FrameKind::Message, 4, |b| b.extend_from_slice(b"12345"));
+        let r = encode_frame(&mut out, FrameKind::Message, 4, |b| {
+            b.extend_from_slice(b"12345")
+        });
         assert_eq!(r, Err(5));
         assert_eq!(out, vec![1, 2, 3]);
     }

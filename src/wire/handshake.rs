@@ -353,7 +353,10 @@ mod tests {
     fn bad_magic_detected_early() {
         assert_eq!(Hello::decode(b"G"), Some(Err(HelloError::BadMagic)));
         assert_eq!(Hello::decode(b"RFX"), Some(Err(HelloError::BadMagic)));
-        assert_eq!(Hello::decode(b"GET / HTTP/1.1\r\n"), Some(Err(HelloError::BadMagic)));
+        assert_eq!(
+            Hello::decode(b"GET / HTTP/1.1\r\n"),
+            Some(Err(HelloError::BadMagic))
+        );
     }
 
     #[test]
@@ -369,7 +372,10 @@ mod tests {
         let ok = Hello::new(Lane::Message, 5, 2, 3);
         assert_eq!(ok.check(6, 3, |_| false), Err(RejectReason::WrongCluster));
         assert_eq!(ok.check(5, 4, |_| false), Err(RejectReason::WrongReceiver));
-        assert_eq!(ok.check(5, 3, |id| id == 2), Err(RejectReason::RemovedMember));
+        assert_eq!(
+            ok.check(5, 3, |id| id == 2),
+            Err(RejectReason::RemovedMember)
+        );
         let same = Hello::new(Lane::Message, 5, 3, 3);
         assert_eq!(same.check(5, 3, |_| false), Err(RejectReason::SameId));
         let mut lane = ok;

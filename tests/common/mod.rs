@@ -81,9 +81,11 @@ pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
 
 /// Waits until both lanes to `peer` are connected.
 pub fn wait_connected(t: &Transport<Envelope>, peer: u64) {
-    wait_until(&format!("{} -> {peer} message lane", t.node_id()), 5, || {
-        t.active_since(peer).is_some()
-    });
+    wait_until(
+        &format!("{} -> {peer} message lane", t.node_id()),
+        5,
+        || t.active_since(peer).is_some(),
+    );
     wait_until(&format!("{} -> {peer} append lane", t.node_id()), 5, || {
         t.stats().peer(peer).append_lane.connected_since.is_some()
     });
