@@ -703,3 +703,14 @@ pub(crate) fn shutdown<M>(inner: &Inner<M>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_is_send_sync_clone() {
+        fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync::<Transport<Envelope>>();
+    }
+}

@@ -395,7 +395,7 @@ impl EventLoop {
         };
         let l = &mut p.lanes[lane.index()];
         match (l.link.state(), l.conn) {
-            (LinkState::Connected { .. }, Some(c)) => {
+            (LinkState::Connected { .. }, Some(c)) if self.conns.contains_key(&c) => {
                 if let Some(conn) = self.conns.get_mut(&c) {
                     conn.out.push_back(Out::Batch(batch));
                     conn.liveness.handle_queued(Instant::now());
@@ -595,17 +595,18 @@ impl EventLoop {
                     return;
                 }
                 loop {
-                    if credit.inflight.load(Acquire) >= cap && c.closing.is_none() {
-                        credit.paused.store(true, Release);
-                        // The reader may have released credit meanwhile.
-                        if credit.inflight.load(Acquire) >= cap
-                            || !credit.paused.swap(false, AcqRel)
-                        {
-                            *read_paused = credit.paused.load(Acquire);
-                            if *read_paused {
-                                break None;
-                            }
+                    if credit.inflight.load(SeqCst) >= cap && c.closing.is_none() {
+                        // Out of credit: stop reading until the reader, on
+                        // releasing credit, finds `paused` set and sends
+                        // ResumeRead. Re-check after setting the flag, in
+                        // case the release happened in between (SeqCst on
+                        // both sides: store-then-load must not reorder).
+                        credit.paused.store(true, SeqCst);
+                        if credit.inflight.load(SeqCst) >= cap {
+                            *read_paused = true;
+                            break None;
                         }
+                        credit.paused.store(false, SeqCst);
                     }
                     match c.sock.read(&mut self.scratch) {
                         Ok(0) => break Some(CloseReason::Eof),
@@ -614,7 +615,7 @@ impl EventLoop {
                             if c.closing.is_some() {
                                 continue; // rejected: discard
                             }
-                            credit.inflight.fetch_add(n, AcqRel);
+                            credit.inflight.fetch_add(n, SeqCst);
                             let _ = self.reader_tx.send(ReaderMsg::Data {
                                 conn: id,
                                 bytes: self.scratch[..n].to_vec(),
@@ -976,9 +977,12 @@ impl EventLoop {
             };
             if !established {
                 if let Kind::Inbound { .. } = c.kind {
+                    // Also bounds how long a reject response may take to
+                    // flush to a peer that does not read.
                     let deadline = c.opened + cfg.handshake_timeout;
-                    if now >= deadline && c.closing.is_none() {
-                        closes.push((id, CloseReason::HandshakeTimeout));
+                    if now >= deadline {
+                        let reason = c.closing.clone().unwrap_or(CloseReason::HandshakeTimeout);
+                        closes.push((id, reason));
                     } else {
                         next = next.min(deadline);
                     }

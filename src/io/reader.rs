@@ -563,8 +563,47 @@ fn handle_frame<M: Message>(
 /// Returns read credit for consumed bytes; resumes reading if the loop had
 /// stopped for lack of it.
 fn release(credit: &Credit, n: usize, cap: usize, conn: ConnId, loop_handle: &LoopHandle) {
-    let left = credit.inflight.fetch_sub(n, AcqRel) - n;
-    if left < cap && credit.paused.swap(false, AcqRel) {
+    let left = credit.inflight.fetch_sub(n, SeqCst) - n;
+    if left < cap && credit.paused.swap(false, SeqCst) {
         loop_handle.send(LoopCmd::ResumeRead { conn });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_is_bounded_in_bytes_and_resumes_after_a_drain() {
+        let (tx, rx) = crossbeam_channel::bounded(100);
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut d = Delivery::new(tx, 1000);
+        d.deliver(1u32, 600, &stop).ok().unwrap();
+        d.deliver(2u32, 400, &stop).ok().unwrap();
+        assert_eq!(d.bytes, 1000);
+        // A third would exceed the bound: it waits until the caller drains.
+        let drainer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let first = rx.recv().unwrap();
+            (first, rx)
+        });
+        d.deliver(3u32, 300, &stop).ok().unwrap();
+        let (first, rx) = drainer.join().unwrap();
+        assert_eq!(first, 1);
+        assert_eq!(d.bytes, 700);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![2, 3]);
+        // One message larger than the bound passes an empty channel.
+        d.deliver(4u32, 5000, &stop).ok().unwrap();
+        assert_eq!(rx.recv().unwrap(), 4);
+    }
+
+    #[test]
+    fn delivery_wait_ends_when_the_transport_stops() {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut d = Delivery::new(tx, 1000);
+        d.deliver(1u32, 10, &stop).ok().unwrap();
+        drop(stop_tx);
+        assert!(d.deliver(2u32, 10, &stop).is_err());
     }
 }

@@ -521,3 +521,56 @@ mod tests {
         assert_eq!(out, vec![1, 2, 3]);
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    use super::*;
+    use crate::wire::{Hello, Response};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Arbitrary bytes in arbitrary chunks never panic any decoder, and the
+    /// frame decoder never buffers more than one maximal frame.
+    #[test]
+    fn decoders_survive_random_bytes() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for round in 0..3000 {
+            let len = (rng.next() % 600) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            // Half the time, start with a valid frame so deeper paths run.
+            if round % 2 == 0 {
+                let mut valid = Vec::new();
+                encode_frame(&mut valid, FrameKind::Message, 1 << 20, |b| {
+                    b.extend_from_slice(&bytes[..len / 2])
+                })
+                .unwrap();
+                valid.extend_from_slice(&bytes[len / 2..]);
+                bytes = valid;
+            }
+            let max = 1 + (rng.next() % 512) as u32;
+            let mut d = Deframer::new(max);
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = 1 + (rng.next() as usize % rest.len());
+                let mut c = d.feed(&rest[..n]);
+                while let Some(r) = c.next() {
+                    if let Ok(f) = r {
+                        assert!(f.payload.len() <= max as usize);
+                    }
+                }
+                rest = &rest[n..];
+                assert!(d.pending_bytes() <= FRAME_HEADER_LEN + max as usize);
+            }
+            let _ = Hello::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+    }
+}
