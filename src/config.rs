@@ -70,7 +70,7 @@ pub struct Config {
     /// An idle connection sends a link heartbeat this often.
     pub heartbeat_interval: Duration,
     /// A connection that has received nothing for this long is closed (the
-    /// peer vanished or stopped). Must exceed twice `heartbeat_interval`.
+    /// peer vanished or stopped). Must be at least twice `heartbeat_interval`.
     pub read_timeout: Duration,
     /// A connection whose pending writes have not moved for this long is
     /// closed (the peer stopped reading).

@@ -263,12 +263,11 @@ pub enum ProtocolViolation {
     },
     /// A message's `to` is not this node.
     WrongReceiver(u64),
-    /// A frame kind that is not allowed in this direction or lane.
+    /// A frame kind that is not allowed in this direction or lane, or a
+    /// link heartbeat with a payload.
     UnexpectedFrame,
     /// The connection ended in the middle of a frame.
     Truncated,
-    /// Bytes arrived before the handshake was accepted.
-    EarlyData,
 }
 
 impl ProtocolViolation {
@@ -283,7 +282,6 @@ impl ProtocolViolation {
             ProtocolViolation::WrongReceiver(_) => "wrong_receiver",
             ProtocolViolation::UnexpectedFrame => "unexpected_frame",
             ProtocolViolation::Truncated => "truncated",
-            ProtocolViolation::EarlyData => "early_data",
         }
     }
 }
@@ -304,7 +302,6 @@ impl fmt::Display for ProtocolViolation {
             }
             ProtocolViolation::UnexpectedFrame => f.write_str("frame kind not allowed here"),
             ProtocolViolation::Truncated => f.write_str("connection ended inside a frame"),
-            ProtocolViolation::EarlyData => f.write_str("data before the handshake completed"),
         }
     }
 }

@@ -543,7 +543,8 @@ fn handle_frame<M: Message>(
     frame: Frame<'_>,
 ) -> Result<Option<(M, usize)>, ProtocolViolation> {
     match frame.kind {
-        FrameKind::Heartbeat => Ok(None),
+        FrameKind::Heartbeat if frame.payload.is_empty() => Ok(None),
+        FrameKind::Heartbeat => Err(ProtocolViolation::UnexpectedFrame),
         FrameKind::Message => {
             let m = M::decode(frame.payload).map_err(|e| ProtocolViolation::Decode(e.0))?;
             if m.from() != from {

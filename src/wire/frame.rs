@@ -10,7 +10,7 @@
 //! All integers are big-endian. `crc32c` is CRC-32C (Castagnoli) over the
 //! first 8 header bytes followed by the payload. `flags` and `reserved` must
 //! be zero in protocol version 1. The length is checked against the
-//! receiver's limit as soon as the first four bytes are known, before any
+//! receiver's limit as soon as the 12-byte header is complete, before any
 //! buffer is grown for the payload.
 
 use byteorder::{BigEndian, ByteOrder};
