@@ -421,6 +421,7 @@ impl EventLoop {
             .push_back(Out::Control(Control::new(&Response::Accept.encode())));
         c.liveness = Liveness::new(now);
         self.dirty.push(id);
+        self.schedule(now + self.config.heartbeat_interval);
         if let Some(old) = self.inbound_by.insert((from, lane), id) {
             if old != id {
                 self.close_inbound(old, CloseReason::Replaced);
@@ -493,6 +494,11 @@ impl EventLoop {
         }
     }
 
+    /// Makes sure the timers run no later than `at`.
+    fn schedule(&mut self, at: Instant) {
+        self.next_timer = self.next_timer.min(at);
+    }
+
     fn next_id(&mut self) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
@@ -535,6 +541,7 @@ impl EventLoop {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.lanes[lane.index()].conn = Some(id);
                 }
+                self.schedule(now + self.config.dial_timeout);
             }
             Err(e) => self.fail_lane(peer, lane, CloseReason::Io(e.kind()), now),
         }
@@ -569,9 +576,11 @@ impl EventLoop {
             *phase = Phase::Handshaking;
             let hello = Hello::new(lane, self.config.cluster_id, self.config.node_id, peer);
             c.out.push_back(Out::Control(Control::new(&hello.encode())));
+            let now = Instant::now();
             if let Some(p) = self.peers.get_mut(&peer) {
-                p.lanes[lane.index()].link.handle_connected(Instant::now());
+                p.lanes[lane.index()].link.handle_connected(now);
             }
+            self.schedule(now + self.config.handshake_timeout);
         }
         self.flush(id);
     }
@@ -746,6 +755,7 @@ impl EventLoop {
             }
             self.dirty.push(id);
         }
+        self.schedule(now + self.config.heartbeat_interval);
     }
 
     fn lane_rejected(&mut self, peer: u64, lane: Lane, r: RejectReason) {
@@ -838,14 +848,27 @@ impl EventLoop {
                 }
             }
         }
+        let mut due = None;
         if wrote {
-            c.liveness.handle_written(now, !c.out.is_empty());
+            let pending = !c.out.is_empty();
+            c.liveness.handle_written(now, pending);
+            // The next heartbeat (or the write timeout) is counted from now.
+            due = Some(
+                now + if pending {
+                    self.config.write_timeout
+                } else {
+                    self.config.heartbeat_interval
+                },
+            );
         }
         let done_closing = c.closing.clone().filter(|_| c.out.is_empty());
         let outbound = match c.kind {
             Kind::Outbound { peer, lane, .. } => Some((peer, lane)),
             Kind::Inbound { .. } => None,
         };
+        if let Some(at) = due {
+            self.schedule(at);
+        }
         match (failed, outbound) {
             (Some(reason), Some((peer, lane))) => self.fail_lane(peer, lane, reason, now),
             (Some(reason), None) => self.close_inbound(id, reason),
