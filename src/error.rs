@@ -180,7 +180,8 @@ pub enum DropReason {
     Unreachable,
     /// The peer was removed while the message was queued.
     Removed,
-    /// The transport stopped while the message was queued.
+    /// The transport was stopped (before `send`, or while the message was
+    /// queued).
     Stopped,
 }
 

@@ -115,6 +115,7 @@ pub(crate) struct GlobalCounters {
     pub dropped_unknown_peer: AtomicU64,
     pub dropped_to_self: AtomicU64,
     pub dropped_stopped: AtomicU64,
+    pub dropped_removed: AtomicU64,
     pub inbound_accepted: AtomicU64,
     pub inbound_rejected: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -207,6 +208,8 @@ pub struct Stats {
     pub dropped_to_self: u64,
     /// Messages dropped by `send` after `stop`.
     pub dropped_stopped: u64,
+    /// Messages still queued for peers when they were removed.
+    pub dropped_removed: u64,
     /// Inbound connections that completed the handshake.
     pub inbound_accepted: u64,
     /// Inbound connections we rejected in the handshake, all reasons.

@@ -298,8 +298,8 @@ impl<M: Message> Transport<M> {
     }
 
     /// Removes a peer or remote: closes its connections and ends its
-    /// writers; messages still queued for it are dropped (counted as
-    /// `removed`). Inbound connections from it are not refused by this
+    /// writers; messages still queued for it are dropped and counted in
+    /// [`Stats::dropped_removed`] (the peer's own entry leaves `stats()`). Inbound connections from it are not refused by this
     /// alone: make [`Reporter::is_id_removed`] say so.
     pub fn remove_peer(&self, id: u64) -> Result<(), Error> {
         self.check_running()?;
@@ -313,6 +313,17 @@ impl<M: Message> Transport<M> {
         self.inner.loop_handle.send(LoopCmd::RemovePeer { id });
         let _ = self.inner.notice_tx.send(Notice::Forget(id));
         finish_peer(&handle);
+        // The peer's entry leaves stats(); keep its last drops visible.
+        let removed: u64 = handle
+            .counters()
+            .lanes
+            .iter()
+            .map(|l| l.drops[DropReason::Removed.index()].load(Relaxed))
+            .sum();
+        self.inner
+            .global
+            .dropped_removed
+            .fetch_add(removed, Relaxed);
         Ok(())
     }
 
@@ -397,6 +408,7 @@ impl<M: Message> Transport<M> {
             dropped_unknown_peer: g.dropped_unknown_peer.load(Relaxed),
             dropped_to_self: g.dropped_to_self.load(Relaxed),
             dropped_stopped: g.dropped_stopped.load(Relaxed),
+            dropped_removed: g.dropped_removed.load(Relaxed),
             inbound_accepted: g.inbound_accepted.load(Relaxed),
             inbound_rejected: g.inbound_rejected.load(Relaxed),
             protocol_errors: g.protocol_errors.load(Relaxed),
@@ -621,7 +633,7 @@ fn record_send_drop<M: Message>(
     let reason = e.reason();
     let now = inner.now();
     match (reason, peer) {
-        (DropReason::UnknownPeer, _) | (_, None) => {
+        (DropReason::UnknownPeer | DropReason::ToSelf | DropReason::Stopped, _) | (_, None) => {
             let g = &inner.global;
             let counter = match reason {
                 DropReason::ToSelf => &g.dropped_to_self,
@@ -662,7 +674,7 @@ fn record_send_drop<M: Message>(
                     c.lane(lane).drops[reason.index()].load(Relaxed)
                 );
             }
-            if reason != DropReason::Stopped && !p.notice_pending.swap(true, AcqRel) {
+            if !p.notice_pending.swap(true, AcqRel) {
                 let _ = inner.notice_tx.send(Notice::Unreachable(to));
             }
         }

@@ -5,7 +5,7 @@
 //! the reader thread; reports go through the notifier thread).
 
 use crate::config::Config;
-use crate::error::{CloseReason, ProtocolViolation};
+use crate::error::{CloseReason, DropReason, ProtocolViolation};
 use crate::io::{
     Batch, ConnId, Credit, LoopCmd, LoopHandle, Notice, PeerLink, ReaderMsg, Returned,
 };
@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(0);
+const UNREACHABLE: Option<DropReason> = Some(DropReason::Unreachable);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: ConnId = 2;
 /// Most buffers passed to one `write_vectored`.
@@ -278,7 +279,7 @@ impl EventLoop {
                     link,
                     returns,
                 } => self.add_peer(id, addrs, link, returns),
-                LoopCmd::RemovePeer { id } => self.remove_peer(id),
+                LoopCmd::RemovePeer { id } => self.remove_peer(id, DropReason::Removed),
                 LoopCmd::UpdatePeer { id, addrs } => self.update_peer(id, addrs),
                 LoopCmd::Batch { peer, lane, batch } => self.queue_batch(peer, lane, batch),
                 LoopCmd::Accept { conn, from, lane } => self.accept_inbound(conn, from, lane),
@@ -346,11 +347,16 @@ impl EventLoop {
         self.next_timer = now;
     }
 
-    fn remove_peer(&mut self, id: u64) {
+    /// Forgets a peer; its batches go back to the writers as dropped for
+    /// `why` (`Removed`, or `Stopped` at shutdown).
+    fn remove_peer(&mut self, id: u64, why: DropReason) {
         if let Some(mut p) = self.peers.remove(&id) {
             for lane in &mut p.lanes {
                 if let Some(c) = lane.conn.take() {
-                    self.drop_conn(c);
+                    self.drop_conn(c, &lane.returns, why);
+                }
+                for b in lane.held.drain(..) {
+                    give_back(&lane.returns, b, Some(why));
                 }
             }
             for c in &p.link.connected {
@@ -405,7 +411,7 @@ impl EventLoop {
             (LinkState::Dialing { .. } | LinkState::Handshaking { .. }, _) => {
                 l.held.push_back(batch);
             }
-            _ => give_back(&l.returns, batch, false),
+            _ => give_back(&l.returns, batch, UNREACHABLE),
         }
     }
 
@@ -834,7 +840,7 @@ impl EventLoop {
                         if let Some(Out::Batch(b)) = c.out.pop_front() {
                             if let Kind::Outbound { peer, lane, .. } = c.kind {
                                 if let Some(p) = self.peers.get(&peer) {
-                                    give_back(&p.lanes[lane.index()].returns, b, true);
+                                    give_back(&p.lanes[lane.index()].returns, b, None);
                                 }
                             }
                         }
@@ -901,13 +907,13 @@ impl EventLoop {
                 let _ = self.poll.registry().deregister(&mut c.sock);
                 for o in c.out.drain(..) {
                     if let Out::Batch(b) = o {
-                        give_back(&l.returns, b, false);
+                        give_back(&l.returns, b, UNREACHABLE);
                     }
                 }
             }
         }
         for b in l.held.drain(..) {
-            give_back(&l.returns, b, false);
+            give_back(&l.returns, b, UNREACHABLE);
         }
         let at = l.link.handle_failed(now);
         self.next_timer = self.next_timer.min(at);
@@ -959,10 +965,16 @@ impl EventLoop {
         let _ = self.reader_tx.send(ReaderMsg::Closed { conn: id, reason });
     }
 
-    /// Drops any connection without rescheduling (peer removed).
-    fn drop_conn(&mut self, id: ConnId) {
+    /// Drops an outbound connection without rescheduling (peer removed),
+    /// handing its batches back unwritten so that the writer counts them.
+    fn drop_conn(&mut self, id: ConnId, returns: &Sender<Returned>, why: DropReason) {
         if let Some(mut c) = self.conns.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.sock);
+            for o in c.out.drain(..) {
+                if let Out::Batch(b) = o {
+                    give_back(returns, b, Some(why));
+                }
+            }
         }
     }
 
@@ -1074,13 +1086,12 @@ impl EventLoop {
     }
 
     fn shutdown(&mut self) {
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.remove_peer(id, DropReason::Stopped);
+        }
         for (_, mut c) in self.conns.drain() {
             let _ = self.poll.registry().deregister(&mut c.sock);
-        }
-        for (_, p) in self.peers.drain() {
-            for c in &p.link.connected {
-                c.store(0, Release);
-            }
         }
         let _ = self.poll.registry().deregister(&mut self.listener);
         debug!("node {}: event loop stopped", self.config.node_id);
@@ -1090,10 +1101,10 @@ impl EventLoop {
 /// Hands a batch back to its writer. The return channel has room for every
 /// batch the writer may have out, so this never blocks; if it ever were
 /// full, the buffer is simply freed.
-fn give_back(returns: &Sender<Returned>, batch: Batch, written: bool) {
+fn give_back(returns: &Sender<Returned>, batch: Batch, dropped: Option<DropReason>) {
     let _ = returns.try_send(Returned {
         buf: batch.buf,
         msgs: batch.msgs,
-        written,
+        dropped,
     });
 }

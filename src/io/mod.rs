@@ -26,13 +26,13 @@ pub(crate) struct Batch {
     pub msgs: u32,
 }
 
-/// A batch handed back to its writer: written, or dropped because the
-/// connection was not there.
+/// A batch handed back to its writer: written (`dropped: None`), or not,
+/// and why: `Unreachable` (no connection), `Removed` or `Stopped`.
 #[derive(Debug)]
 pub(crate) struct Returned {
     pub buf: Vec<u8>,
     pub msgs: u32,
-    pub written: bool,
+    pub dropped: Option<crate::error::DropReason>,
 }
 
 /// State the loop shares with the rest of the transport about one peer.

@@ -15,7 +15,7 @@ use log::{error, warn};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::*};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub(crate) struct WriterCtx<M> {
     pub peer: u64,
@@ -35,7 +35,10 @@ pub(crate) struct WriterCtx<M> {
 pub(crate) struct Writer<M> {
     ctx: WriterCtx<M>,
     spare: Vec<Vec<u8>>,
+    /// Batches handed to the loop and not yet handed back…
     inflight: usize,
+    /// …and the messages in them.
+    inflight_msgs: u64,
     _m: PhantomData<fn() -> M>,
 }
 
@@ -52,6 +55,7 @@ impl<M: Message> Writer<M> {
             ctx,
             spare: Vec::new(),
             inflight: 0,
+            inflight_msgs: 0,
             _m: PhantomData,
         }
     }
@@ -64,11 +68,32 @@ impl<M: Message> Writer<M> {
                 self.wait_any()
             };
             match waited {
-                Wait::Returned(r) => self.handle_returned(r),
+                Wait::Returned(r) => {
+                    let buf = self.account(r);
+                    self.keep_spare(buf);
+                }
                 Wait::Msg(first) => self.flush_batch(first),
                 Wait::End(reason) => break reason,
             }
         };
+        // Batches out at the loop come back (unwritten) when the loop learns
+        // of the removal or stops; count them under the same reason. The
+        // channel disconnects once the loop has let go of this peer.
+        while self.inflight > 0 {
+            match self.ctx.returns.recv_timeout(Duration::from_millis(500)) {
+                Ok(r) => {
+                    self.account(r);
+                }
+                Err(_) => break,
+            }
+        }
+        // Batches the loop received after it let go of the peer (or never
+        // received) will not come back.
+        if self.inflight_msgs > 0 {
+            self.ctx
+                .counters
+                .count_drop(self.ctx.lane, reason, self.inflight_msgs);
+        }
         // Count what is still queued: it will never be sent.
         let mut n = 0u64;
         for m in self.ctx.queue.try_iter() {
@@ -93,10 +118,19 @@ impl<M: Message> Writer<M> {
             },
             recv(c.returns) -> r => match r {
                 Ok(r) => Wait::Returned(r),
-                Err(_) => Wait::End(DropReason::Stopped),
+                Err(_) => Wait::End(self.end_reason()),
             },
             recv(c.close) -> _ => Wait::End(DropReason::Removed),
             recv(c.stop) -> _ => Wait::End(DropReason::Stopped),
+        }
+    }
+
+    /// The loop let go of this peer: because the transport stopped, or
+    /// because the peer was removed.
+    fn end_reason(&self) -> DropReason {
+        match self.ctx.stop.try_recv() {
+            Err(crossbeam_channel::TryRecvError::Disconnected) => DropReason::Stopped,
+            _ => DropReason::Removed,
         }
     }
 
@@ -105,24 +139,37 @@ impl<M: Message> Writer<M> {
         select! {
             recv(c.returns) -> r => match r {
                 Ok(r) => Wait::Returned(r),
-                Err(_) => Wait::End(DropReason::Stopped),
+                Err(_) => Wait::End(self.end_reason()),
             },
             recv(c.close) -> _ => Wait::End(DropReason::Removed),
             recv(c.stop) -> _ => Wait::End(DropReason::Stopped),
         }
     }
 
-    fn handle_returned(&mut self, r: Returned) {
+    /// Counts a batch the loop handed back: sent, or dropped (reported
+    /// only when unreachable: removal and stop are the user's doing).
+    /// Returns the buffer.
+    fn account(&mut self, r: Returned) -> Vec<u8> {
         self.inflight -= 1;
+        self.inflight_msgs -= r.msgs as u64;
         let c = &self.ctx;
         let lane = c.counters.lane(c.lane);
-        if r.written {
-            lane.msgs_sent.fetch_add(r.msgs as u64, Relaxed);
-            lane.bytes_sent.fetch_add(r.buf.len() as u64, Relaxed);
-        } else if r.msgs > 0 {
-            self.record_drop(DropReason::Unreachable, r.msgs as u64);
+        match r.dropped {
+            None => {
+                lane.msgs_sent.fetch_add(r.msgs as u64, Relaxed);
+                lane.bytes_sent.fetch_add(r.buf.len() as u64, Relaxed);
+            }
+            Some(_) if r.msgs == 0 => {}
+            Some(DropReason::Unreachable) => {
+                self.record_drop(DropReason::Unreachable, r.msgs as u64)
+            }
+            Some(reason) => c.counters.count_drop(c.lane, reason, r.msgs as u64),
         }
-        let mut buf = r.buf;
+        r.buf
+    }
+
+    fn keep_spare(&mut self, mut buf: Vec<u8>) {
+        let c = &self.ctx;
         // Keep warm buffers, but not one that grew for a giant message.
         if buf.capacity() <= 2 * c.config.batch_max_bytes + c.config.max_frame_len as usize / 4
             && self.spare.len() < c.config.max_inflight_batches
@@ -197,6 +244,7 @@ impl<M: Message> Writer<M> {
             return;
         }
         self.inflight += 1;
+        self.inflight_msgs += msgs as u64;
         let sent = self.ctx.loop_handle.send(LoopCmd::Batch {
             peer: self.ctx.peer,
             lane: self.ctx.lane,
@@ -205,6 +253,7 @@ impl<M: Message> Writer<M> {
         if !sent {
             // The loop is gone: the transport is stopping.
             self.inflight -= 1;
+            self.inflight_msgs -= msgs as u64;
             self.ctx
                 .counters
                 .count_drop(self.ctx.lane, DropReason::Stopped, msgs as u64);
