@@ -115,6 +115,8 @@ pub enum SendError<M> {
     UnknownPeer(M),
     /// The message is addressed to this node itself.
     ToSelf(M),
+    /// The message must never cross the network ([`Message::is_local_only`](crate::Message::is_local_only)).
+    LocalOnly(M),
     /// The peer is paused.
     Paused(M),
     /// The encoded message is larger than `Config::max_frame_len`.
@@ -130,6 +132,7 @@ impl<M> SendError<M> {
             SendError::Full(m)
             | SendError::UnknownPeer(m)
             | SendError::ToSelf(m)
+            | SendError::LocalOnly(m)
             | SendError::Paused(m)
             | SendError::TooLarge(m)
             | SendError::Stopped(m) => m,
@@ -142,6 +145,7 @@ impl<M> SendError<M> {
             SendError::Full(_) => DropReason::QueueFull,
             SendError::UnknownPeer(_) => DropReason::UnknownPeer,
             SendError::ToSelf(_) => DropReason::ToSelf,
+            SendError::LocalOnly(_) => DropReason::LocalOnly,
             SendError::Paused(_) => DropReason::Paused,
             SendError::TooLarge(_) => DropReason::TooLarge,
             SendError::Stopped(_) => DropReason::Stopped,
@@ -172,6 +176,8 @@ pub enum DropReason {
     UnknownPeer,
     /// The message was addressed to this node.
     ToSelf,
+    /// The message is local-only and must never cross the network.
+    LocalOnly,
     /// The peer was paused.
     Paused,
     /// The encoding exceeded `max_frame_len`.
@@ -187,10 +193,11 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in stats order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::QueueFull,
         DropReason::UnknownPeer,
         DropReason::ToSelf,
+        DropReason::LocalOnly,
         DropReason::Paused,
         DropReason::TooLarge,
         DropReason::Unreachable,
@@ -204,6 +211,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::ToSelf => "to_self",
+            DropReason::LocalOnly => "local_only",
             DropReason::Paused => "paused",
             DropReason::TooLarge => "too_large",
             DropReason::Unreachable => "unreachable",

@@ -83,6 +83,13 @@ pub trait Message: Send + Sized + 'static {
     fn encode(&self, out: &mut Vec<u8>);
     /// Decodes a message from exactly the bytes `encode` produced.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+    /// Whether this message must never cross the network (raft's `MsgHup`,
+    /// `MsgBeat`, …). `send` refuses such messages
+    /// ([`SendError::LocalOnly`](crate::SendError::LocalOnly)) and a
+    /// receiver drops any that arrive, counting them. Default: none is.
+    fn is_local_only(&self) -> bool {
+        false
+    }
 }
 
 /// A plain message: addresses, a class and opaque payload bytes.

@@ -29,6 +29,7 @@ pub(crate) struct PeerCounters {
     pub rejected_by_peer: AtomicU64,
     pub rejected_inbound: AtomicU64,
     pub received_dropped_paused: AtomicU64,
+    pub received_local_only: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Per drop reason: when a drop of that reason was last logged (ns since
     /// the transport epoch), for rate limiting.
@@ -45,6 +46,7 @@ impl Default for PeerCounters {
             rejected_by_peer: AtomicU64::new(0),
             rejected_inbound: AtomicU64::new(0),
             received_dropped_paused: AtomicU64::new(0),
+            received_local_only: AtomicU64::new(0),
             last_error: Mutex::new(None),
             drop_logged_at: Default::default(),
             error_logged_at: AtomicU64::new(0),
@@ -87,6 +89,7 @@ impl PeerCounters {
             rejected_by_peer: self.rejected_by_peer.load(Relaxed),
             rejected_inbound: self.rejected_inbound.load(Relaxed),
             received_dropped_paused: self.received_dropped_paused.load(Relaxed),
+            received_local_only: self.received_local_only.load(Relaxed),
             last_error: self
                 .last_error
                 .lock()
@@ -115,6 +118,7 @@ pub(crate) struct GlobalCounters {
     pub dropped_unknown_peer: AtomicU64,
     pub dropped_to_self: AtomicU64,
     pub dropped_stopped: AtomicU64,
+    pub dropped_local_only: AtomicU64,
     pub dropped_removed: AtomicU64,
     pub inbound_accepted: AtomicU64,
     pub inbound_rejected: AtomicU64,
@@ -174,6 +178,9 @@ pub struct PeerStats {
     pub rejected_inbound: u64,
     /// Messages received from this peer while it was paused, and dropped.
     pub received_dropped_paused: u64,
+    /// Local-only messages received from this peer, and dropped (they must
+    /// never cross the network; the sender is broken).
+    pub received_local_only: u64,
     /// The most recent connection error, as a sentence.
     pub last_error: Option<String>,
     /// Since when the message lane has been connected, if it is.
@@ -208,6 +215,9 @@ pub struct Stats {
     pub dropped_to_self: u64,
     /// Messages dropped by `send` after `stop`.
     pub dropped_stopped: u64,
+    /// Local-only messages refused by `send` (a caller bug: they must
+    /// never cross the network).
+    pub dropped_local_only: u64,
     /// Messages still queued for peers when they were removed.
     pub dropped_removed: u64,
     /// Inbound connections that completed the handshake.

@@ -223,9 +223,10 @@ impl<M: Message> Transport<M> {
 
     /// Queues messages for their peers (routed by `to`) and returns at once.
     /// A message that cannot be queued (full queue, unknown peer, paused
-    /// peer, too large, stopped) is dropped and counted; for drops that mean
-    /// the peer is not being reached (full, paused, too large) the reporter
-    /// is told `report_unreachable(to)`, coalesced per peer.
+    /// peer, too large, local-only, stopped) is dropped and counted; for
+    /// drops that mean the peer is not being reached (full, paused, too
+    /// large) the reporter is told `report_unreachable(to)`, coalesced per
+    /// peer.
     pub fn send(&self, msgs: impl IntoIterator<Item = M>) {
         let inner = &*self.inner;
         let peers = inner.peers.read().unwrap_or_else(|e| e.into_inner());
@@ -408,6 +409,7 @@ impl<M: Message> Transport<M> {
             dropped_unknown_peer: g.dropped_unknown_peer.load(Relaxed),
             dropped_to_self: g.dropped_to_self.load(Relaxed),
             dropped_stopped: g.dropped_stopped.load(Relaxed),
+            dropped_local_only: g.dropped_local_only.load(Relaxed),
             dropped_removed: g.dropped_removed.load(Relaxed),
             inbound_accepted: g.inbound_accepted.load(Relaxed),
             inbound_rejected: g.inbound_rejected.load(Relaxed),
@@ -592,6 +594,9 @@ fn enqueue<M: Message>(
         return Err(SendError::Stopped(m));
     }
     let to = m.to();
+    if m.is_local_only() {
+        return Err(SendError::LocalOnly(m));
+    }
     if to == inner.config.node_id {
         return Err(SendError::ToSelf(m));
     }
@@ -633,10 +638,18 @@ fn record_send_drop<M: Message>(
     let reason = e.reason();
     let now = inner.now();
     match (reason, peer) {
-        (DropReason::UnknownPeer | DropReason::ToSelf | DropReason::Stopped, _) | (_, None) => {
+        (
+            DropReason::UnknownPeer
+            | DropReason::ToSelf
+            | DropReason::LocalOnly
+            | DropReason::Stopped,
+            _,
+        )
+        | (_, None) => {
             let g = &inner.global;
             let counter = match reason {
                 DropReason::ToSelf => &g.dropped_to_self,
+                DropReason::LocalOnly => &g.dropped_local_only,
                 DropReason::Stopped => &g.dropped_stopped,
                 _ => &g.dropped_unknown_peer,
             };
@@ -656,6 +669,7 @@ fn record_send_drop<M: Message>(
                 | SendError::TooLarge(m)
                 | SendError::Stopped(m)
                 | SendError::ToSelf(m)
+                | SendError::LocalOnly(m)
                 | SendError::UnknownPeer(m) => m,
             };
             let lane = m.class().lane();

@@ -339,6 +339,21 @@ impl<M: Message> Reader<M> {
                         counters.received_dropped_paused.fetch_add(1, Relaxed);
                         continue;
                     }
+                    if m.is_local_only() {
+                        counters.received_local_only.fetch_add(1, Relaxed);
+                        if rate_limit(
+                            &counters.error_logged_at,
+                            self.inner.now(),
+                            self.inner.config.log_interval,
+                        ) {
+                            warn!(
+                                "node {}: dropped a local-only message received from node {from} \
+                                 (it must never cross the network)",
+                                self.inner.config.node_id
+                            );
+                        }
+                        continue;
+                    }
                     let lc = counters.lane(lane);
                     lc.msgs_received.fetch_add(1, Relaxed);
                     lc.bytes_received
