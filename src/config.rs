@@ -84,6 +84,27 @@ pub struct Config {
     pub backoff_floor: Duration,
     /// Largest redial delay (before jitter, which adds up to a quarter).
     pub backoff_cap: Duration,
+    /// Bytes of snapshot data per chunk frame (at most `max_frame_len`).
+    pub snapshot_chunk_len: usize,
+    /// Chunks of one snapshot in flight at a time: handed to the event loop
+    /// by the sender, or buffered for the application by the receiver.
+    pub snapshot_inflight_chunks: usize,
+    /// Largest snapshot accepted or sent, in bytes.
+    pub max_snapshot_len: u64,
+    /// Largest snapshot-class message accepted with its data inline (the
+    /// receiver assembles it in memory before delivering it).
+    pub max_inline_snapshot_len: usize,
+    /// Snapshots sent at the same time; one more fails at once.
+    pub max_outgoing_snapshots: usize,
+    /// Snapshots received at the same time; one more is refused.
+    pub max_incoming_snapshots: usize,
+    /// A snapshot fails when no chunk has moved for this long (sender: no
+    /// chunk written; receiver: no chunk arrived while the application was
+    /// waiting for one).
+    pub snapshot_progress_timeout: Duration,
+    /// A snapshot fails when it takes longer than `snapshot_progress_timeout`
+    /// plus its size at this rate (bytes per second).
+    pub snapshot_min_rate: u64,
     /// `report_unreachable` is called at most once per peer per interval.
     pub unreachable_report_interval: Duration,
     /// Drop and error log lines are rate-limited to one per peer and reason
@@ -124,6 +145,14 @@ impl Config {
             handshake_timeout: Duration::from_secs(3),
             backoff_floor: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(500),
+            snapshot_chunk_len: 1 << 20,
+            snapshot_inflight_chunks: 4,
+            max_snapshot_len: 1 << 40,
+            max_inline_snapshot_len: 256 << 20,
+            max_outgoing_snapshots: 4,
+            max_incoming_snapshots: 4,
+            snapshot_progress_timeout: Duration::from_secs(10),
+            snapshot_min_rate: 1 << 20,
             unreachable_report_interval: Duration::from_millis(100),
             log_interval: Duration::from_secs(1),
             tcp_keepalive: Some(Duration::from_secs(30)),
@@ -159,6 +188,11 @@ impl Config {
             ("conn_read_cap", self.conn_read_cap),
             ("read_chunk_len", self.read_chunk_len),
             ("reader_fairness_budget", self.reader_fairness_budget),
+            ("snapshot_chunk_len", self.snapshot_chunk_len),
+            ("snapshot_inflight_chunks", self.snapshot_inflight_chunks),
+            ("max_inline_snapshot_len", self.max_inline_snapshot_len),
+            ("max_outgoing_snapshots", self.max_outgoing_snapshots),
+            ("max_incoming_snapshots", self.max_incoming_snapshots),
         ];
         for (field, v) in nonzero {
             if v == 0 {
@@ -173,6 +207,7 @@ impl Config {
             ("handshake_timeout", self.handshake_timeout),
             ("backoff_floor", self.backoff_floor),
             ("backoff_cap", self.backoff_cap),
+            ("snapshot_progress_timeout", self.snapshot_progress_timeout),
             (
                 "unreachable_report_interval",
                 self.unreachable_report_interval,
@@ -193,6 +228,12 @@ impl Config {
                     self.heartbeat_interval
                 ),
             );
+        }
+        if self.snapshot_chunk_len > self.max_frame_len as usize {
+            return bad("snapshot_chunk_len", "must not exceed max_frame_len");
+        }
+        if self.snapshot_min_rate == 0 {
+            return bad("snapshot_min_rate", "must be at least 1 byte per second");
         }
         if self.backoff_cap < self.backoff_floor {
             return bad("backoff_cap", "must not be below backoff_floor");
@@ -215,12 +256,18 @@ impl Config {
         Ok(())
     }
 
-    /// The byte bound of a lane's send queue.
+    /// The byte bound of a lane's send queue (snapshots have no queue).
     pub(crate) fn queue_bytes(&self, lane: crate::wire::Lane) -> usize {
         match lane {
             crate::wire::Lane::Message => self.message_queue_bytes,
             crate::wire::Lane::Append => self.append_queue_bytes,
+            crate::wire::Lane::Snapshot => 0,
         }
+    }
+
+    /// How long a snapshot of `size` bytes may take in all.
+    pub(crate) fn snapshot_deadline(&self, size: u64) -> Duration {
+        self.snapshot_progress_timeout + Duration::from_secs(size / self.snapshot_min_rate)
     }
 }
 

@@ -248,6 +248,8 @@ pub enum CloseReason {
     Replaced,
     /// The peer was removed or its addresses changed.
     PeerRemoved,
+    /// We refused an incoming snapshot (and told the sender why).
+    SnapshotRefused(crate::wire::AckStatus),
     /// The transport is stopping.
     Stopped,
 }
@@ -329,6 +331,7 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::Replaced => "replaced",
             CloseReason::PeerRemoved => "peer_removed",
+            CloseReason::SnapshotRefused(s) => s.name(),
             CloseReason::Stopped => "stopped",
         }
     }
@@ -347,6 +350,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => f.write_str("handshake timed out"),
             CloseReason::Replaced => f.write_str("replaced by a newer connection"),
             CloseReason::PeerRemoved => f.write_str("peer removed or readdressed"),
+            CloseReason::SnapshotRefused(s) => write!(f, "snapshot refused: {s}"),
             CloseReason::Stopped => f.write_str("transport stopped"),
         }
     }

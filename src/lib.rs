@@ -185,6 +185,7 @@ mod io;
 pub mod message;
 mod peer;
 pub mod reporter;
+pub mod snapshot;
 pub mod stats;
 mod transport;
 pub mod wire;

@@ -13,7 +13,8 @@ pub enum MessageClass {
     /// message lane and is delivered on [`Transport::proposals`](crate::Transport::proposals).
     Proposal,
     /// A snapshot carried inline in a message (`MsgSnapshot`): travels on
-    /// the append lane, so it never delays heartbeats.
+    /// a snapshot connection of its own, so it never delays heartbeats or
+    /// appends, and its fate is reported with `report_snapshot`.
     Snapshot,
     /// Everything else: heartbeats, votes, responses. Message lane.
     Other,
@@ -23,7 +24,8 @@ impl MessageClass {
     /// The lane a message of this class travels on.
     pub fn lane(self) -> Lane {
         match self {
-            MessageClass::Append | MessageClass::Snapshot => Lane::Append,
+            MessageClass::Append => Lane::Append,
+            MessageClass::Snapshot => Lane::Snapshot,
             MessageClass::Proposal | MessageClass::Other => Lane::Message,
         }
     }
@@ -194,6 +196,7 @@ mod tests {
             assert_eq!(MessageClass::from_u8(c.to_u8()), Some(c));
         }
         assert_eq!(MessageClass::Append.lane(), Lane::Append);
+        assert_eq!(MessageClass::Snapshot.lane(), Lane::Snapshot);
         assert_eq!(MessageClass::Other.lane(), Lane::Message);
         assert_eq!(MessageClass::Proposal.lane(), Lane::Message);
     }

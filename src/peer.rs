@@ -112,6 +112,13 @@ impl Link {
         self.state
     }
 
+    /// The address dialed last (or to be dialed next).
+    pub fn current_addr(&self) -> Option<SocketAddr> {
+        self.addrs
+            .get(self.next_addr % self.addrs.len().max(1))
+            .copied()
+    }
+
     /// Replace the address list; the next dial starts from its first entry.
     pub fn set_addrs(&mut self, addrs: Vec<SocketAddr>) {
         self.addrs = addrs;

@@ -23,7 +23,11 @@ pub(crate) struct LaneCounters {
 /// Counters of one peer (or of all non-peer senders together).
 #[derive(Debug)]
 pub(crate) struct PeerCounters {
-    pub lanes: [LaneCounters; 2],
+    pub lanes: [LaneCounters; 3],
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_send_failed: AtomicU64,
+    pub snapshots_received: AtomicU64,
+    pub snapshots_receive_failed: AtomicU64,
     pub reconnects: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub rejected_by_peer: AtomicU64,
@@ -41,6 +45,10 @@ impl Default for PeerCounters {
     fn default() -> Self {
         PeerCounters {
             lanes: Default::default(),
+            snapshots_sent: AtomicU64::new(0),
+            snapshots_send_failed: AtomicU64::new(0),
+            snapshots_received: AtomicU64::new(0),
+            snapshots_receive_failed: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             rejected_by_peer: AtomicU64::new(0),
@@ -84,6 +92,11 @@ impl PeerCounters {
         PeerStats {
             message_lane: lane(&self.lanes[0], since[0]),
             append_lane: lane(&self.lanes[1], since[1]),
+            snapshot_lane: lane(&self.lanes[2], None),
+            snapshots_sent: self.snapshots_sent.load(Relaxed),
+            snapshots_send_failed: self.snapshots_send_failed.load(Relaxed),
+            snapshots_received: self.snapshots_received.load(Relaxed),
+            snapshots_receive_failed: self.snapshots_receive_failed.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             rejected_by_peer: self.rejected_by_peer.load(Relaxed),
@@ -167,6 +180,17 @@ pub struct PeerStats {
     pub message_lane: LaneStats,
     /// The append lane.
     pub append_lane: LaneStats,
+    /// Snapshot streams (bytes of all snapshot connections; `msgs_*` count
+    /// snapshots).
+    pub snapshot_lane: LaneStats,
+    /// Snapshots sent and acknowledged by this peer (`Finish` reported).
+    pub snapshots_sent: u64,
+    /// Snapshots to this peer that failed (`Failure` reported).
+    pub snapshots_send_failed: u64,
+    /// Snapshots received from this peer, verified and consumed.
+    pub snapshots_received: u64,
+    /// Snapshots from this peer that failed on the receiving side.
+    pub snapshots_receive_failed: u64,
     /// Outbound connections established after the first one, over all lanes.
     pub reconnects: u64,
     /// Inbound connections from this peer closed because it broke the
@@ -193,6 +217,7 @@ impl PeerStats {
         match lane {
             Lane::Message => &self.message_lane,
             Lane::Append => &self.append_lane,
+            Lane::Snapshot => &self.snapshot_lane,
         }
     }
 

@@ -4,18 +4,22 @@ use crate::config::Config;
 use crate::error::{DropReason, Error, SendError};
 use crate::io::event_loop::EventLoop;
 use crate::io::notify::Notifier;
-use crate::io::reader::Reader;
+use crate::io::reader::{Outputs, Reader};
 use crate::io::writer::{Writer, WriterCtx};
 use crate::io::{LoopCmd, LoopHandle, Notice, PeerLink, Returned};
+use crate::message::MessageClass;
 use crate::message::{Envelope, Message};
 use crate::reporter::Reporter;
+use crate::reporter::SnapshotStatus;
+use crate::snapshot::{IncomingSnapshot, SendJob, encode_inline, run_sender};
 use crate::stats::{GlobalCounters, PeerCounters, Stats, rate_limit};
 use crate::wire::Lane;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, warn};
 use std::collections::HashMap;
+use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -71,6 +75,11 @@ pub(crate) struct Inner<M> {
     stop_rx: Receiver<()>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     instance: u64,
+    snapshots_rx: Receiver<IncomingSnapshot<M>>,
+    reporter: Arc<dyn Reporter>,
+    outgoing_snapshots: Arc<AtomicUsize>,
+    next_snapshot: AtomicU64,
+    snapshot_threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl<M> Inner<M> {
@@ -122,6 +131,9 @@ impl<M: Message> Transport<M> {
         let (reader_tx, reader_rx) = crossbeam_channel::unbounded();
         let (messages_tx, messages_rx) = crossbeam_channel::bounded(config.recv_queue_len);
         let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(config.recv_queue_len);
+        let (snapshots_tx, snapshots_rx) =
+            crossbeam_channel::bounded(config.max_incoming_snapshots);
+        let wake_tx = reader_tx.clone();
         let global = Arc::new(GlobalCounters::default());
         let non_peers = Arc::new(PeerCounters::default());
 
@@ -152,6 +164,11 @@ impl<M: Message> Transport<M> {
             stop_rx: stop_rx.clone(),
             threads: Mutex::new(Vec::new()),
             instance,
+            snapshots_rx,
+            reporter: reporter.clone(),
+            outgoing_snapshots: Arc::new(AtomicUsize::new(0)),
+            next_snapshot: AtomicU64::new(1),
+            snapshot_threads: Mutex::new(Vec::new()),
         });
 
         let mut threads = Vec::new();
@@ -167,8 +184,12 @@ impl<M: Message> Transport<M> {
                 reporter.clone(),
                 reader_rx,
                 loop_handle.clone(),
-                messages_tx,
-                proposals_tx,
+                Outputs {
+                    messages: messages_tx,
+                    proposals: proposals_tx,
+                    snapshots: snapshots_tx,
+                    wake_tx,
+                },
                 stop_rx.clone(),
             );
             threads.push(spawn("reader", Box::new(move || reader.run()))?);
@@ -228,14 +249,83 @@ impl<M: Message> Transport<M> {
     /// large) the reporter is told `report_unreachable(to)`, coalesced per
     /// peer.
     pub fn send(&self, msgs: impl IntoIterator<Item = M>) {
-        let inner = &*self.inner;
+        let inner = &self.inner;
         let peers = inner.peers.read().unwrap_or_else(|e| e.into_inner());
         for m in msgs {
             let to = m.to();
+            if m.class() == MessageClass::Snapshot {
+                // Inline snapshots take the snapshot path; a refusal is
+                // reported as a failed snapshot.
+                if let Err(e) = start_inline_snapshot(inner, &peers, m) {
+                    record_send_drop(inner, peers.get(&to).map(|p| &**p), to, &e);
+                    if !matches!(e, SendError::Stopped(_)) {
+                        let _ = inner
+                            .notice_tx
+                            .send(Notice::Snapshot(to, SnapshotStatus::Failure));
+                    }
+                }
+                continue;
+            }
             if let Err(e) = enqueue(inner, &peers, m) {
                 record_send_drop(inner, peers.get(&to).map(|p| &**p), to, &e);
             }
         }
+    }
+
+    /// Streams a snapshot to `msg.to()` on a connection of its own: `msg`
+    /// goes first (for raft: the `MsgSnapshot`, its data left out), then
+    /// `size` bytes read from `data`, in chunks, in constant memory, while
+    /// the peer's message and append lanes keep flowing.
+    ///
+    /// Every call that returns `Ok` ends in exactly one
+    /// `Reporter::report_snapshot(to, ..)`: `Finish` once the receiver has
+    /// read and verified every byte, `Failure` otherwise (size mismatch
+    /// either way, checksum, connection lost, timeouts, peer removed or
+    /// paused or unknown, receiver refused, too many snapshots at once,
+    /// transport stopped). Only a call after `stop` returns an error, and
+    /// is not reported.
+    ///
+    /// `data` is read on a thread of the transport; a source that blocks
+    /// forever keeps that thread (and `stop`) waiting.
+    pub fn send_snapshot<R: Read + Send + 'static>(
+        &self,
+        msg: M,
+        data: R,
+        size: u64,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let to = msg.to();
+        let peers = inner.peers.read().unwrap_or_else(|e| e.into_inner());
+        let peer = peers.get(&to).cloned();
+        drop(peers);
+        let check = snapshot_preflight(inner, peer.as_deref(), msg, size, false);
+        match check {
+            Err(SendError::Stopped(_)) => Err(Error::Stopped),
+            Err(e) => {
+                record_send_drop(inner, peer.as_deref(), to, &e);
+                let _ = inner
+                    .notice_tx
+                    .send(Notice::Snapshot(to, SnapshotStatus::Failure));
+                Ok(())
+            }
+            Ok((msg, counters)) => {
+                let mut message = Vec::with_capacity(msg.encoded_len());
+                msg.encode(&mut message);
+                spawn_snapshot(inner, to, counters, move |job| {
+                    job.message = Some(message);
+                    job.data = Box::new(data);
+                    job.size = size;
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Snapshots arriving from peers, each with a reader over its data.
+    /// (Snapshot-class messages that carried their data inline arrive on
+    /// [`messages`](Transport::messages) instead, once complete.)
+    pub fn snapshots(&self) -> &Receiver<IncomingSnapshot<M>> {
+        &self.inner.snapshots_rx
     }
 
     /// Queues one message, or gives it back with the reason it cannot be
@@ -401,7 +491,7 @@ impl<M: Message> Transport<M> {
             peers: peers
                 .iter()
                 .map(|(id, p)| {
-                    let since = Lane::ALL.map(|l| lane_since(inner, &p.link, l));
+                    let since = Lane::QUEUED.map(|l| lane_since(inner, &p.link, l));
                     (*id, p.counters().snapshot(since))
                 })
                 .collect(),
@@ -505,7 +595,7 @@ fn spawn_peer<M: Message>(
     let mut queues = Vec::new();
     let mut rxs = Vec::new();
     let mut rets = Vec::new();
-    for lane in Lane::ALL {
+    for lane in Lane::QUEUED {
         let (tx, rx) = crossbeam_channel::bounded(config.send_queue_len);
         queues.push(LaneQueue {
             tx,
@@ -535,7 +625,7 @@ fn spawn_peer<M: Message>(
         returns,
     });
     let mut writers = Vec::new();
-    for (lane, (rx, (_, ret_rx))) in Lane::ALL.into_iter().zip(rxs.into_iter().zip(rets)) {
+    for (lane, (rx, (_, ret_rx))) in Lane::QUEUED.into_iter().zip(rxs.into_iter().zip(rets)) {
         let ctx = WriterCtx {
             peer: id,
             lane,
@@ -582,6 +672,111 @@ fn finish_peer<M>(handle: &PeerHandle<M>) {
     let writers = std::mem::take(&mut *handle.writers.lock().unwrap_or_else(|e| e.into_inner()));
     for w in writers {
         let _ = w.join();
+    }
+}
+
+/// Checks whether a snapshot to `peer` may start now, and takes an
+/// outgoing slot if so.
+fn snapshot_preflight<M: Message>(
+    inner: &Inner<M>,
+    peer: Option<&PeerHandle<M>>,
+    m: M,
+    size: u64,
+    inline: bool,
+) -> Result<(M, Arc<PeerCounters>), SendError<M>> {
+    let cfg = &inner.config;
+    if inner.stopped.load(Acquire) {
+        return Err(SendError::Stopped(m));
+    }
+    if m.is_local_only() {
+        return Err(SendError::LocalOnly(m));
+    }
+    if m.to() == cfg.node_id {
+        return Err(SendError::ToSelf(m));
+    }
+    let Some(peer) = peer else {
+        return Err(SendError::UnknownPeer(m));
+    };
+    if peer.paused.load(Relaxed) {
+        return Err(SendError::Paused(m));
+    }
+    let limit = if inline {
+        cfg.max_inline_snapshot_len as u64
+    } else {
+        cfg.max_snapshot_len
+    };
+    if size > limit {
+        return Err(SendError::TooLarge(m));
+    }
+    if inner.outgoing_snapshots.fetch_add(1, AcqRel) >= cfg.max_outgoing_snapshots {
+        inner.outgoing_snapshots.fetch_sub(1, AcqRel);
+        return Err(SendError::Full(m));
+    }
+    Ok((m, peer.link.counters.clone()))
+}
+
+fn start_inline_snapshot<M: Message>(
+    inner: &Arc<Inner<M>>,
+    peers: &HashMap<u64, Arc<PeerHandle<M>>>,
+    m: M,
+) -> Result<(), SendError<M>> {
+    let size = m.encoded_len() as u64;
+    let (m, counters) = snapshot_preflight(inner, peers.get(&m.to()).map(|p| &**p), m, size, true)?;
+    let to = m.to();
+    spawn_snapshot(inner, to, counters, move |job| {
+        let bytes = encode_inline(&m);
+        job.size = bytes.len() as u64;
+        job.data = Box::new(std::io::Cursor::new(bytes));
+        job.message = None;
+    });
+    Ok(())
+}
+
+/// Starts a snapshot sender thread; `fill` sets the job's data on that
+/// thread. The outgoing slot taken by the preflight is released by the
+/// thread (or here, if it cannot start).
+fn spawn_snapshot<M: Message>(
+    inner: &Arc<Inner<M>>,
+    to: u64,
+    counters: Arc<PeerCounters>,
+    fill: impl FnOnce(&mut SendJob) + Send + 'static,
+) {
+    let mut job = SendJob {
+        snap: inner.next_snapshot.fetch_add(1, Relaxed),
+        peer: to,
+        size: 0,
+        message: None,
+        data: Box::new(std::io::empty()),
+        config: inner.config.clone(),
+        loop_handle: inner.loop_handle.clone(),
+        reporter: inner.reporter.clone(),
+        counters,
+        stop: inner.stop_rx.clone(),
+        outgoing: inner.outgoing_snapshots.clone(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name(format!("raftwire{}-snap{to}", inner.instance))
+        .spawn(move || {
+            fill(&mut job);
+            run_sender(job)
+        });
+    let mut threads = inner
+        .snapshot_threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    threads.retain(|t| !t.is_finished());
+    match spawned {
+        Ok(t) => threads.push(t),
+        Err(e) => {
+            inner.outgoing_snapshots.fetch_sub(1, AcqRel);
+            warn!(
+                "node {}: cannot start a snapshot thread: {e}",
+                inner.config.node_id
+            );
+            let _ = inner
+                .notice_tx
+                .send(Notice::Snapshot(to, SnapshotStatus::Failure));
+        }
     }
 }
 
@@ -675,6 +870,20 @@ fn record_send_drop<M: Message>(
             let lane = m.class().lane();
             let c = p.counters();
             c.count_drop(lane, reason, 1);
+            if lane == Lane::Snapshot {
+                // The snapshot's Failure report is what Raft needs here.
+                c.snapshots_send_failed.fetch_add(1, Relaxed);
+                warn!(
+                    "node {}: snapshot to peer {to} not sent: {}",
+                    inner.config.node_id,
+                    match reason {
+                        DropReason::QueueFull => "max_outgoing_snapshots already in flight",
+                        DropReason::TooLarge => "larger than the snapshot size limit",
+                        other => other.name(),
+                    }
+                );
+                return;
+            }
             if rate_limit(
                 &c.drop_logged_at[reason.index()],
                 now,
@@ -697,18 +906,30 @@ fn record_send_drop<M: Message>(
 
 /// Stops everything and joins every thread. Idempotent.
 pub(crate) fn shutdown<M>(inner: &Inner<M>) {
+    // Whoever stops first holds this lock until every thread is joined; a
+    // concurrent stop() waits here and then finds the work done.
+    let mut threads = inner.threads.lock().unwrap_or_else(|e| e.into_inner());
     if inner.stopped.swap(true, AcqRel) {
-        // Someone else stopped (or is stopping); wait for their join to end
-        // by taking the lock they hold.
-        drop(inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
         return;
     }
-    let mut threads = inner.threads.lock().unwrap_or_else(|e| e.into_inner());
     inner
         .stop_tx
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
+    // Snapshot senders see the stop, report Failure and end.
+    let snaps = std::mem::take(
+        &mut *inner
+            .snapshot_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let me = std::thread::current().id();
+    for t in snaps {
+        if t.thread().id() != me {
+            let _ = t.join();
+        }
+    }
     inner.loop_handle.send(LoopCmd::Stop);
     // Peers stay in the map so that `stats()` still shows them.
     let peers: Vec<_> = inner
@@ -721,7 +942,6 @@ pub(crate) fn shutdown<M>(inner: &Inner<M>) {
     for p in &peers {
         finish_peer(p);
     }
-    let me = std::thread::current().id();
     for t in threads.drain(..) {
         // stop() called from a reporter callback must not join its own thread.
         if t.thread().id() != me {

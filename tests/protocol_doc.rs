@@ -24,7 +24,7 @@ const REQUIRED: [&str; 5] = [
 ];
 
 /// Every example this test checks (the required ones and a few more).
-const CHECKED: [&str; 8] = [
+const CHECKED: [&str; 10] = [
     "hello",
     "accept",
     "reject-wrong-cluster",
@@ -33,6 +33,8 @@ const CHECKED: [&str; 8] = [
     "not-a-hello",
     "heartbeat",
     "message-frame",
+    "snapshot-end",
+    "snapshot-ack-ok",
 ];
 
 // ----- reading the document -----
@@ -316,6 +318,40 @@ fn heartbeat_example() {
 }
 
 #[test]
+fn snapshot_end_example() {
+    let bytes = example("snapshot-end");
+    let (kind, payload) = one_frame(&bytes, 1 << 20);
+    assert_eq!(kind, FrameKind::SnapshotEnd);
+    let end = raftwire::wire::SnapshotEnd::decode(&payload).unwrap();
+    assert_eq!(end.size, 5);
+    assert_eq!(end.crc, crc32c::crc32c(b"hello"));
+    let mut again = Vec::new();
+    encode_frame(&mut again, FrameKind::SnapshotEnd, 1 << 20, |b| {
+        b.extend_from_slice(&end.encode())
+    })
+    .unwrap();
+    assert_eq!(again, bytes);
+}
+
+#[test]
+fn snapshot_ack_ok_example() {
+    let bytes = example("snapshot-ack-ok");
+    // A snapshot dialer decodes the acceptor's frames with a limit of 1.
+    let (kind, payload) = one_frame(&bytes, 1);
+    assert_eq!(kind, FrameKind::SnapshotAck);
+    assert_eq!(
+        raftwire::wire::AckStatus::decode(&payload),
+        Ok(raftwire::wire::AckStatus::Ok)
+    );
+}
+
+#[test]
+fn snapshot_ack_table_matches_code() {
+    let code = code_names(|b| raftwire::wire::AckStatus::from_u8(b).map(|s| s.name().to_string()));
+    assert_eq!(code_table("Snapshot ack statuses"), code);
+}
+
+#[test]
 fn message_frame_example() {
     let bytes = example("message-frame");
     let max = Config::new(2, "127.0.0.1:0".parse().unwrap()).max_frame_len;
@@ -360,7 +396,7 @@ fn reject_reason_table_matches_code() {
 
 #[test]
 fn frame_kind_table_matches_code() {
-    let code = code_names(|b| FrameKind::from_u8(b).map(|k| format!("{k:?}").to_lowercase()));
+    let code = code_names(|b| FrameKind::from_u8(b).map(|k| k.name().to_string()));
     assert_eq!(code_table("Frame kinds"), code);
 }
 

@@ -14,7 +14,16 @@ const CLASSES: [MessageClass; 4] = [
 
 #[test]
 fn every_class_round_trips_exactly_both_ways() {
-    let nodes = cluster(&[1, 2]);
+    // Five inline snapshots go out at once: allow that many in flight.
+    let nodes: Vec<Node> = [1, 2]
+        .iter()
+        .map(|&id| {
+            let mut c = config(id);
+            c.max_outgoing_snapshots = 8;
+            start(c)
+        })
+        .collect();
+    connect_all(&nodes);
     for (a, b) in [(0, 1), (1, 0)] {
         let (from, to) = (nodes[a].t.node_id(), nodes[b].t.node_id());
         let mut sent = Vec::new();
@@ -33,11 +42,9 @@ fn every_class_round_trips_exactly_both_ways() {
             .cloned()
             .collect();
         assert_eq!(proposals, want_props);
-        // Order holds within a lane; the two lanes interleave freely.
-        for lane_classes in [
-            &[MessageClass::Append, MessageClass::Snapshot][..],
-            &[MessageClass::Other][..],
-        ] {
+        // Order holds within a lane; the lanes interleave freely, and each
+        // inline snapshot has a connection of its own.
+        for lane_classes in [&[MessageClass::Append][..], &[MessageClass::Other][..]] {
             let want: Vec<_> = sent
                 .iter()
                 .filter(|m| lane_classes.contains(&m.class))
@@ -50,12 +57,30 @@ fn every_class_round_trips_exactly_both_ways() {
                 .collect();
             assert_eq!(got, want);
         }
+        let mut want_snaps: Vec<_> = sent
+            .iter()
+            .filter(|m| m.class == MessageClass::Snapshot)
+            .cloned()
+            .collect();
+        let mut got_snaps: Vec<_> = others
+            .iter()
+            .filter(|m| m.class == MessageClass::Snapshot)
+            .cloned()
+            .collect();
+        want_snaps.sort_by_key(|m| m.payload.len());
+        got_snaps.sort_by_key(|m| m.payload.len());
+        assert_eq!(got_snaps, want_snaps);
+        // The sender counts a snapshot once the receiver's verdict is back.
+        wait_until("snapshot verdicts", 5, || {
+            nodes[a].t.stats().peer(to).snapshots_sent == 5
+        });
         let s = nodes[a].t.stats().peer(to);
         assert_eq!(s.message_lane.msgs_sent, 10);
-        assert_eq!(s.append_lane.msgs_sent, 10);
+        assert_eq!(s.append_lane.msgs_sent, 5);
         let r = nodes[b].t.stats().peer(from);
         assert_eq!(r.message_lane.msgs_received, 10);
-        assert_eq!(r.append_lane.msgs_received, 10);
+        assert_eq!(r.append_lane.msgs_received, 5);
+        assert_eq!(r.snapshots_received, 5);
         assert_eq!(s.message_lane.dropped() + s.append_lane.dropped(), 0);
     }
 }

@@ -10,9 +10,12 @@ use crate::io::{
     Batch, ConnId, Credit, LoopCmd, LoopHandle, Notice, PeerLink, ReaderMsg, Returned,
 };
 use crate::peer::{Backoff, Link, LinkAction, LinkState, Liveness, LivenessCheck};
+use crate::snapshot::{SnapEvent, SnapId};
 use crate::stats::{GlobalCounters, rate_limit};
+use crate::wire::AckStatus;
 use crate::wire::{
-    Deframer, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response, heartbeat_frame,
+    Deframer, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response, encode_frame,
+    heartbeat_frame,
 };
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
@@ -73,6 +76,12 @@ enum Phase {
     Open,
 }
 
+/// The sender side of a snapshot connection.
+struct SnapOut {
+    id: SnapId,
+    events: Sender<SnapEvent>,
+}
+
 enum Kind {
     Outbound {
         peer: u64,
@@ -81,6 +90,8 @@ enum Kind {
         phase: Phase,
         response: Vec<u8>,
         deframer: Deframer,
+        /// Set for a snapshot connection (not owned by a peer's lane).
+        snap: Option<SnapOut>,
     },
     Inbound {
         credit: Arc<Credit>,
@@ -132,6 +143,7 @@ pub(crate) struct EventLoop {
     next_conn: ConnId,
     peers: HashMap<u64, LoopPeer>,
     inbound_by: HashMap<(u64, Lane), ConnId>,
+    snaps: HashMap<SnapId, ConnId>,
     scratch: Vec<u8>,
     dirty: Vec<ConnId>,
     next_timer: Instant,
@@ -209,6 +221,7 @@ impl EventLoop {
             next_conn: FIRST_CONN,
             peers: HashMap::new(),
             inbound_by: HashMap::new(),
+            snaps: HashMap::new(),
             dirty: Vec::new(),
             next_timer: Instant::now(),
             seed,
@@ -305,6 +318,37 @@ impl EventLoop {
                         self.read(conn);
                     }
                 }
+                LoopCmd::OpenSnapshot { snap, peer, events } => {
+                    self.open_snapshot(snap, peer, events)
+                }
+                LoopCmd::SnapshotData { snap, batch } => {
+                    if let Some(&id) = self.snaps.get(&snap) {
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.out.push_back(Out::Batch(batch));
+                            c.liveness.handle_queued(Instant::now());
+                            self.dirty.push(id);
+                        }
+                    }
+                }
+                LoopCmd::CloseSnapshot { snap } => {
+                    if let Some(id) = self.snaps.remove(&snap) {
+                        self.drop_conn(id, None);
+                    }
+                }
+                LoopCmd::SnapshotAck { conn, status } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        let mut frame = Vec::with_capacity(16);
+                        // A 1-byte payload always fits.
+                        let _ = encode_frame(&mut frame, FrameKind::SnapshotAck, u32::MAX, |b| {
+                            b.extend_from_slice(&status.encode())
+                        });
+                        c.out.push_back(Out::Control(Control::new(&frame)));
+                        if status != AckStatus::Ok {
+                            c.closing = Some(CloseReason::SnapshotRefused(status));
+                        }
+                        self.dirty.push(conn);
+                    }
+                }
                 LoopCmd::Stop => {
                     self.stopping = true;
                     return;
@@ -353,7 +397,7 @@ impl EventLoop {
         if let Some(mut p) = self.peers.remove(&id) {
             for lane in &mut p.lanes {
                 if let Some(c) = lane.conn.take() {
-                    self.drop_conn(c, &lane.returns, why);
+                    self.drop_conn(c, Some((&lane.returns, why)));
                 }
                 for b in lane.held.drain(..) {
                     give_back(&lane.returns, b, Some(why));
@@ -363,6 +407,21 @@ impl EventLoop {
                 c.store(0, Release);
             }
         }
+        let snaps: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(
+                |(_, c)| matches!(c.kind, Kind::Outbound { peer, snap: Some(_), .. } if peer == id),
+            )
+            .map(|(cid, _)| *cid)
+            .collect();
+        let reason = match why {
+            DropReason::Stopped => CloseReason::Stopped,
+            _ => CloseReason::PeerRemoved,
+        };
+        for cid in snaps {
+            self.fail_snapshot(cid, reason.clone());
+        }
     }
 
     fn update_peer(&mut self, id: u64, addrs: Vec<SocketAddr>) {
@@ -371,7 +430,7 @@ impl EventLoop {
             return;
         };
         let mut to_fail = Vec::new();
-        for lane in Lane::ALL {
+        for lane in Lane::QUEUED {
             let l = &mut p.lanes[lane.index()];
             l.link.set_addrs(addrs.clone());
             let keep = match l.conn.and_then(|c| self.conns.get(&c)) {
@@ -428,9 +487,13 @@ impl EventLoop {
         c.liveness = Liveness::new(now);
         self.dirty.push(id);
         self.schedule(now + self.config.heartbeat_interval);
-        if let Some(old) = self.inbound_by.insert((from, lane), id) {
-            if old != id {
-                self.close_inbound(old, CloseReason::Replaced);
+        // A newer connection of a lane replaces an older one (the peer
+        // redialed); snapshots each have their own, concurrently.
+        if lane != Lane::Snapshot {
+            if let Some(old) = self.inbound_by.insert((from, lane), id) {
+                if old != id {
+                    self.close_inbound(old, CloseReason::Replaced);
+                }
             }
         }
     }
@@ -536,6 +599,7 @@ impl EventLoop {
                             phase: Phase::Connecting,
                             response: Vec::with_capacity(RESPONSE_LEN),
                             deframer: Deframer::new(0),
+                            snap: None,
                         },
                         out: VecDeque::new(),
                         out_pos: 0,
@@ -566,25 +630,27 @@ impl EventLoop {
         } = &mut c.kind
         {
             let (peer, lane) = (*peer, *lane);
+            let now = Instant::now();
             match c.sock.take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => {
-                    return self.fail_lane(peer, lane, CloseReason::Io(e.kind()), Instant::now());
+                    return self.fail_outbound(id, peer, lane, CloseReason::Io(e.kind()), now);
                 }
             }
             match c.sock.peer_addr() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
-                    return self.fail_lane(peer, lane, CloseReason::Io(e.kind()), Instant::now());
+                    return self.fail_outbound(id, peer, lane, CloseReason::Io(e.kind()), now);
                 }
             }
             *phase = Phase::Handshaking;
             let hello = Hello::new(lane, self.config.cluster_id, self.config.node_id, peer);
             c.out.push_back(Out::Control(Control::new(&hello.encode())));
-            let now = Instant::now();
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.lanes[lane.index()].link.handle_connected(now);
+            if lane != Lane::Snapshot {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.lanes[lane.index()].link.handle_connected(now);
+                }
             }
             self.schedule(now + self.config.handshake_timeout);
         }
@@ -662,6 +728,7 @@ impl EventLoop {
             phase,
             response,
             deframer,
+            snap,
             ..
         } = &mut c.kind
         else {
@@ -693,8 +760,9 @@ impl EventLoop {
                     Some(Ok(Response::Accept)) => {
                         *phase = Phase::Open;
                         accepted = true;
-                        // Frames from the acceptor: link heartbeats only.
-                        *deframer = Deframer::new(0);
+                        // Frames from the acceptor: link heartbeats, and on a
+                        // snapshot connection the one-byte verdict.
+                        *deframer = Deframer::new(if snap.is_some() { 1 } else { 0 });
                     }
                     Some(Ok(Response::Reject(r))) => {
                         rejected = Some(r);
@@ -710,7 +778,20 @@ impl EventLoop {
             let mut cursor = deframer.feed(bytes);
             while let Some(f) = cursor.next() {
                 match f {
-                    Ok(f) if f.kind == FrameKind::Heartbeat => {}
+                    Ok(f) if f.kind == FrameKind::Heartbeat && f.payload.is_empty() => {}
+                    Ok(f) if f.kind == FrameKind::SnapshotAck && snap.is_some() => {
+                        match (AckStatus::decode(f.payload), snap.as_ref()) {
+                            (Ok(status), Some(s)) => {
+                                let _ = s.events.send(SnapEvent::Ack(status));
+                            }
+                            _ => {
+                                result = Err(CloseReason::PeerMisbehaved(
+                                    ProtocolViolation::UnexpectedFrame,
+                                ));
+                                break 'read;
+                            }
+                        }
+                    }
                     Ok(_) => {
                         result = Err(CloseReason::PeerMisbehaved(
                             ProtocolViolation::UnexpectedFrame,
@@ -723,6 +804,24 @@ impl EventLoop {
                     }
                 }
             }
+        }
+        if lane == Lane::Snapshot {
+            if accepted {
+                if let Some(Conn {
+                    kind: Kind::Outbound { snap: Some(s), .. },
+                    liveness,
+                    ..
+                }) = self.conns.get_mut(&id)
+                {
+                    *liveness = Liveness::new(now);
+                    let _ = s.events.send(SnapEvent::Accepted);
+                }
+                self.schedule(now + self.config.heartbeat_interval);
+            }
+            if let Err(reason) = result {
+                self.fail_snapshot(id, reason);
+            }
+            return;
         }
         if accepted {
             self.lane_accepted(peer, lane, id, now);
@@ -838,10 +937,16 @@ impl EventLoop {
                         written -= front_left;
                         c.out_pos = 0;
                         if let Some(Out::Batch(b)) = c.out.pop_front() {
-                            if let Kind::Outbound { peer, lane, .. } = c.kind {
-                                if let Some(p) = self.peers.get(&peer) {
-                                    give_back(&p.lanes[lane.index()].returns, b, None);
+                            match &c.kind {
+                                Kind::Outbound { snap: Some(s), .. } => {
+                                    let _ = s.events.send(SnapEvent::Written(b.buf));
                                 }
+                                Kind::Outbound { peer, lane, .. } => {
+                                    if let Some(p) = self.peers.get(peer) {
+                                        give_back(&p.lanes[lane.index()].returns, b, None);
+                                    }
+                                }
+                                Kind::Inbound { .. } => {}
                             }
                         }
                     }
@@ -876,7 +981,7 @@ impl EventLoop {
             self.schedule(at);
         }
         match (failed, outbound) {
-            (Some(reason), Some((peer, lane))) => self.fail_lane(peer, lane, reason, now),
+            (Some(reason), Some((peer, lane))) => self.fail_outbound(id, peer, lane, reason, now),
             (Some(reason), None) => self.close_inbound(id, reason),
             (None, None) => {
                 if let Some(reason) = done_closing {
@@ -965,15 +1070,106 @@ impl EventLoop {
         let _ = self.reader_tx.send(ReaderMsg::Closed { conn: id, reason });
     }
 
-    /// Drops an outbound connection without rescheduling (peer removed),
-    /// handing its batches back unwritten so that the writer counts them.
-    fn drop_conn(&mut self, id: ConnId, returns: &Sender<Returned>, why: DropReason) {
+    /// Drops an outbound connection without rescheduling (peer removed, or
+    /// a finished snapshot), handing lane batches back unwritten so that the
+    /// writer counts them.
+    fn drop_conn(&mut self, id: ConnId, returns: Option<(&Sender<Returned>, DropReason)>) {
         if let Some(mut c) = self.conns.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.sock);
-            for o in c.out.drain(..) {
-                if let Out::Batch(b) = o {
-                    give_back(returns, b, Some(why));
+            if let Some((returns, why)) = returns {
+                for o in c.out.drain(..) {
+                    if let Out::Batch(b) = o {
+                        give_back(returns, b, Some(why));
+                    }
                 }
+            }
+        }
+    }
+
+    /// Ends a snapshot connection with a failure the sender is told of.
+    fn fail_snapshot(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if let Kind::Outbound {
+            snap: Some(snap),
+            peer,
+            ..
+        } = c.kind
+        {
+            self.snaps.remove(&snap.id);
+            let _ = snap.events.send(SnapEvent::Failed(format!(
+                "connection to node {peer}: {reason}"
+            )));
+        }
+    }
+
+    /// Closes a failed outbound connection: a snapshot's, or a lane's (which
+    /// is then redialed).
+    fn fail_outbound(
+        &mut self,
+        id: ConnId,
+        peer: u64,
+        lane: Lane,
+        reason: CloseReason,
+        now: Instant,
+    ) {
+        if lane == Lane::Snapshot {
+            self.fail_snapshot(id, reason);
+        } else {
+            self.fail_lane(peer, lane, reason, now);
+        }
+    }
+
+    fn open_snapshot(&mut self, snap: SnapId, peer: u64, events: Sender<SnapEvent>) {
+        let now = Instant::now();
+        let Some(addr) = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.lanes[Lane::Message.index()].link.current_addr())
+        else {
+            let _ = events.send(SnapEvent::Failed(format!("node {peer} is not a peer")));
+            return;
+        };
+        let id = self.next_id();
+        let sock = dial(addr, &self.config).and_then(|mut sock| {
+            self.poll.registry().register(
+                &mut sock,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(sock)
+        });
+        match sock {
+            Ok(sock) => {
+                self.conns.insert(
+                    id,
+                    Conn {
+                        sock,
+                        kind: Kind::Outbound {
+                            peer,
+                            lane: Lane::Snapshot,
+                            addr,
+                            phase: Phase::Connecting,
+                            response: Vec::with_capacity(RESPONSE_LEN),
+                            deframer: Deframer::new(0),
+                            snap: Some(SnapOut { id: snap, events }),
+                        },
+                        out: VecDeque::new(),
+                        out_pos: 0,
+                        liveness: Liveness::new(now),
+                        opened: now,
+                        closing: None,
+                    },
+                );
+                self.snaps.insert(snap, id);
+                self.schedule(now + self.config.dial_timeout);
+            }
+            Err(e) => {
+                let _ = events.send(SnapEvent::Failed(format!(
+                    "dialing node {peer} at {addr}: {e}"
+                )));
             }
         }
     }
@@ -986,7 +1182,7 @@ impl EventLoop {
         let mut dials = Vec::new();
         let mut timeouts = Vec::new();
         for (&id, p) in &mut self.peers {
-            for lane in Lane::ALL {
+            for lane in Lane::QUEUED {
                 let l = &mut p.lanes[lane.index()];
                 if l.link.timed_out(now) {
                     let reason = match l.link.state() {
@@ -1010,6 +1206,24 @@ impl EventLoop {
                 Kind::Outbound { phase, .. } => *phase == Phase::Open,
                 Kind::Inbound { accepted, .. } => accepted.is_some(),
             };
+            if let Kind::Outbound {
+                snap: Some(_),
+                peer,
+                ..
+            } = c.kind
+            {
+                if !established {
+                    // Lanes have their link's deadlines; a snapshot
+                    // connection has this one.
+                    let deadline = c.opened + cfg.dial_timeout + cfg.handshake_timeout;
+                    if now >= deadline {
+                        fails.push((id, peer, Lane::Snapshot, CloseReason::DialTimeout));
+                    } else {
+                        next = next.min(deadline);
+                    }
+                    continue;
+                }
+            }
             if !established {
                 if let Kind::Inbound { .. } = c.kind {
                     // Also bounds how long a reject response may take to
@@ -1024,12 +1238,20 @@ impl EventLoop {
                 }
                 continue;
             }
-            let check = c.liveness.check(
-                now,
-                cfg.heartbeat_interval,
-                cfg.read_timeout,
-                cfg.write_timeout,
-            );
+            let write_timeout = match c.kind {
+                Kind::Outbound { snap: Some(_), .. } => cfg.snapshot_progress_timeout,
+                _ => cfg.write_timeout,
+            };
+            if let Kind::Inbound {
+                read_paused: true, ..
+            } = c.kind
+            {
+                // Silence while we are not reading is ours, not the peer's.
+                c.liveness.handle_read(now);
+            }
+            let check =
+                c.liveness
+                    .check(now, cfg.heartbeat_interval, cfg.read_timeout, write_timeout);
             let reason = match check {
                 LivenessCheck::Ok => None,
                 LivenessCheck::SendHeartbeat => {
@@ -1043,20 +1265,23 @@ impl EventLoop {
                 LivenessCheck::WriteTimeout => Some(CloseReason::WriteTimeout),
             };
             match (reason, &c.kind) {
-                (Some(r), Kind::Outbound { peer, lane, .. }) => fails.push((*peer, *lane, r)),
+                (Some(r), Kind::Outbound { peer, lane, .. }) => fails.push((id, *peer, *lane, r)),
                 (Some(r), Kind::Inbound { .. }) => closes.push((id, r)),
                 (None, _) => {
                     next = next.min(c.liveness.next_deadline(
                         cfg.heartbeat_interval,
                         cfg.read_timeout,
-                        cfg.write_timeout,
+                        write_timeout,
                     ))
                 }
             }
         }
         self.next_timer = next;
-        for (peer, lane, reason) in timeouts.into_iter().chain(fails) {
+        for (peer, lane, reason) in timeouts {
             self.fail_lane(peer, lane, reason, now);
+        }
+        for (id, peer, lane, reason) in fails {
+            self.fail_outbound(id, peer, lane, reason, now);
         }
         for (id, reason) in closes {
             if let Some(Conn {

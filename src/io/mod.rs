@@ -85,6 +85,27 @@ pub(crate) enum LoopCmd {
     ResumeRead {
         conn: ConnId,
     },
+    /// From a snapshot sender: dial a snapshot connection to `peer`.
+    OpenSnapshot {
+        snap: crate::snapshot::SnapId,
+        peer: u64,
+        events: Sender<crate::snapshot::SnapEvent>,
+    },
+    /// From a snapshot sender: frames to write on its connection.
+    SnapshotData {
+        snap: crate::snapshot::SnapId,
+        batch: Batch,
+    },
+    /// From a snapshot sender: it is done; close its connection.
+    CloseSnapshot {
+        snap: crate::snapshot::SnapId,
+    },
+    /// From a snapshot receiver: write this verdict (and close the
+    /// connection after it unless it is `Ok`; the sender closes then).
+    SnapshotAck {
+        conn: ConnId,
+        status: crate::wire::AckStatus,
+    },
     Stop,
 }
 
@@ -141,12 +162,17 @@ pub(crate) enum ReaderMsg {
         conn: ConnId,
         reason: CloseReason,
     },
+    /// From a snapshot's reader: room for more chunks of this stream.
+    Wake {
+        conn: ConnId,
+    },
 }
 
 /// Things for the notifier thread to tell the reporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Notice {
     Unreachable(u64),
+    Snapshot(u64, crate::reporter::SnapshotStatus),
     Rejected(u64, crate::wire::RejectReason),
     Forget(u64),
 }

@@ -67,6 +67,7 @@ impl Notifier {
                 }
             }
             Notice::Rejected(id, reason) => self.reporter.report_rejected(id, reason),
+            Notice::Snapshot(id, status) => self.reporter.report_snapshot(id, status),
             Notice::Forget(id) => self.coalescer.forget(id),
         }
     }

@@ -14,18 +14,20 @@ use crate::error::{CloseReason, ProtocolViolation};
 use crate::io::{ConnId, Credit, LoopCmd, LoopHandle, ReaderMsg};
 use crate::message::{Message, MessageClass};
 use crate::reporter::Reporter;
+use crate::snapshot::{IncomingSnapshot, Parking, ReaderParts, SnapItem, SnapshotReader};
 use crate::stats::{PeerCounters, rate_limit};
 use crate::transport::{Inner, PeerHandle};
+use crate::wire::{AckStatus, SnapshotBegin, SnapshotEnd};
 use crate::wire::{
     Deframer, FRAME_HEADER_LEN, Frame, FrameKind, HELLO_LEN, Hello, HelloParse, Lane, RejectReason,
     Response,
 };
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use log::{debug, info, warn};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::*;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::time::Duration;
 
 /// The transport is stopping; the reader ends.
@@ -109,6 +111,32 @@ enum State {
     Done,
 }
 
+/// Where an inbound snapshot stream stands.
+enum SnapIn {
+    /// Accepted, waiting for the `SnapshotBegin` frame.
+    AwaitBegin,
+    /// Chunks go to the application's `SnapshotReader`; `pending` holds one
+    /// that did not fit (the stream is parked until the reader takes one).
+    Stream {
+        tx: Sender<SnapItem>,
+        parking: Arc<Parking>,
+        pending: Option<SnapItem>,
+    },
+    /// An inline snapshot being assembled.
+    Inline { buf: Vec<u8>, size: u64, crc: u32 },
+    /// The end was passed on, or the snapshot was refused or abandoned:
+    /// only heartbeats may follow; data is discarded.
+    Finished,
+}
+
+/// Whether a connection can go on being served.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// A snapshot stream waits for its application to read.
+    Park,
+}
+
 struct InConn {
     peer_addr: Option<SocketAddr>,
     credit: Arc<Credit>,
@@ -120,6 +148,8 @@ struct InConn {
     /// The loop closed the connection; finish once the chunks are drained.
     closed: Option<CloseReason>,
     queued: bool,
+    /// Set on the snapshot lane.
+    snap: Option<SnapIn>,
 }
 
 pub(crate) struct Reader<M: Message> {
@@ -129,9 +159,22 @@ pub(crate) struct Reader<M: Message> {
     loop_handle: LoopHandle,
     messages: Delivery<M>,
     proposals: Delivery<M>,
+    snapshots: Delivery<IncomingSnapshot<M>>,
+    /// For `SnapshotReader`s to wake this thread.
+    wake_tx: Sender<ReaderMsg>,
+    incoming_snapshots: Arc<AtomicUsize>,
     stop: Receiver<()>,
     conns: HashMap<ConnId, InConn>,
     ready: VecDeque<ConnId>,
+}
+
+/// The channels the reader delivers into.
+pub(crate) struct Outputs<M> {
+    pub messages: Sender<M>,
+    pub proposals: Sender<M>,
+    pub snapshots: Sender<IncomingSnapshot<M>>,
+    /// A sender into the reader's own input, for snapshot wake-ups.
+    pub wake_tx: Sender<ReaderMsg>,
 }
 
 impl<M: Message> Reader<M> {
@@ -140,8 +183,7 @@ impl<M: Message> Reader<M> {
         reporter: Arc<dyn Reporter>,
         input: Receiver<ReaderMsg>,
         loop_handle: LoopHandle,
-        messages: Sender<M>,
-        proposals: Sender<M>,
+        out: Outputs<M>,
         stop: Receiver<()>,
     ) -> Self {
         let max_bytes = inner.config.recv_queue_bytes;
@@ -150,8 +192,11 @@ impl<M: Message> Reader<M> {
             reporter,
             input,
             loop_handle,
-            messages: Delivery::new(messages, max_bytes),
-            proposals: Delivery::new(proposals, max_bytes),
+            messages: Delivery::new(out.messages, max_bytes),
+            proposals: Delivery::new(out.proposals, max_bytes),
+            snapshots: Delivery::new(out.snapshots, max_bytes),
+            wake_tx: out.wake_tx,
+            incoming_snapshots: Arc::new(AtomicUsize::new(0)),
             stop,
             conns: HashMap::new(),
             ready: VecDeque::new(),
@@ -198,6 +243,7 @@ impl<M: Message> Reader<M> {
                         offset: 0,
                         closed: None,
                         queued: false,
+                        snap: None,
                     },
                 );
             }
@@ -219,6 +265,14 @@ impl<M: Message> Reader<M> {
                     }
                 }
             }
+            ReaderMsg::Wake { conn } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if !c.queued {
+                        c.queued = true;
+                        self.ready.push_back(conn);
+                    }
+                }
+            }
         }
     }
 
@@ -228,6 +282,16 @@ impl<M: Message> Reader<M> {
             return Ok(());
         };
         c.queued = false;
+        if c.closed.is_some() {
+            // A stream cut short is a failed snapshot: nothing waits for
+            // its parked chunk any more.
+            if let Some(SnapIn::Stream { pending, .. }) = &mut c.snap {
+                *pending = None;
+            }
+        } else if push_pending(&mut c.snap) == Flow::Park {
+            self.conns.insert(id, c);
+            return Ok(());
+        }
         let mut budget = Budget {
             frames: self.inner.config.reader_fairness_budget,
             bytes: self.inner.config.read_chunk_len,
@@ -242,6 +306,7 @@ impl<M: Message> Reader<M> {
             };
             let mut off = c.offset;
             let result = self.consume(id, &mut c, &chunk, &mut off, &mut budget, peer.as_deref());
+            let parked = matches!(result, Ok(Flow::Park));
             if off < chunk.len() && matches!(c.state, State::Open { .. }) {
                 c.offset = off;
                 c.chunks.push_front(chunk);
@@ -256,6 +321,11 @@ impl<M: Message> Reader<M> {
                 );
             }
             result?;
+            if parked {
+                // Woken by the SnapshotReader when it takes a chunk.
+                self.conns.insert(id, c);
+                return Ok(());
+            }
         }
         if c.chunks.is_empty() {
             if let Some(reason) = c.closed.take() {
@@ -292,13 +362,13 @@ impl<M: Message> Reader<M> {
         off: &mut usize,
         budget: &mut Budget,
         peer: Option<&PeerHandle<M>>,
-    ) -> Result<(), Stopped> {
+    ) -> Result<Flow, Stopped> {
         if let State::Hello(buf) = &mut c.state {
             let take = (HELLO_LEN - buf.len()).min(chunk.len() - *off);
             buf.extend_from_slice(&chunk[*off..*off + take]);
             *off += take;
             match Hello::decode(buf) {
-                None => return Ok(()),
+                None => return Ok(Flow::Go),
                 Some(parsed) => {
                     self.handshake(id, c, parsed);
                 }
@@ -306,7 +376,7 @@ impl<M: Message> Reader<M> {
         }
         let State::Open { from, lane } = c.state else {
             *off = chunk.len();
-            return Ok(());
+            return Ok(Flow::Go);
         };
         let looked_up;
         let peer = match peer {
@@ -316,6 +386,9 @@ impl<M: Message> Reader<M> {
                 looked_up.as_deref()
             }
         };
+        if lane == Lane::Snapshot {
+            return self.consume_snapshot(id, c, from, chunk, off, budget, peer);
+        }
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
         while budget.left() {
@@ -376,7 +449,274 @@ impl<M: Message> Reader<M> {
             self.violation(id, c, peer, Some(from), v);
             *off = chunk.len();
         }
+        Ok(Flow::Go)
+    }
+
+    /// Consumes frames of a snapshot connection.
+    #[allow(clippy::too_many_arguments)]
+    fn consume_snapshot(
+        &mut self,
+        id: ConnId,
+        c: &mut InConn,
+        from: u64,
+        chunk: &[u8],
+        off: &mut usize,
+        budget: &mut Budget,
+        peer: Option<&PeerHandle<M>>,
+    ) -> Result<Flow, Stopped> {
+        let mut snap = c.snap.take().unwrap_or(SnapIn::AwaitBegin);
+        let mut cursor = c.deframer.feed(&chunk[*off..]);
+        let mut violation = None;
+        let mut flow = Flow::Go;
+        while budget.left() && flow == Flow::Go {
+            let frame = match cursor.next() {
+                None => break,
+                Some(Ok(f)) => f,
+                Some(Err(e)) => {
+                    violation = Some(ProtocolViolation::Frame(e));
+                    break;
+                }
+            };
+            budget.frames -= 1;
+            budget.bytes = budget
+                .bytes
+                .saturating_sub(frame.payload.len() + FRAME_HEADER_LEN);
+            let counters = self.counters(peer);
+            counters
+                .lane(Lane::Snapshot)
+                .bytes_received
+                .fetch_add((frame.payload.len() + FRAME_HEADER_LEN) as u64, Relaxed);
+            let step = match (frame.kind, &mut snap) {
+                (FrameKind::Heartbeat, _) if frame.payload.is_empty() => Ok(None),
+                (FrameKind::SnapshotBegin, SnapIn::AwaitBegin) => {
+                    self.snapshot_begin(id, from, frame.payload, peer)
+                }
+                (
+                    FrameKind::SnapshotChunk,
+                    SnapIn::Stream {
+                        tx,
+                        pending,
+                        parking,
+                        ..
+                    },
+                ) => {
+                    *pending = Some(SnapItem::Chunk(frame.payload.to_vec()));
+                    if push(tx, pending, parking) == Flow::Park {
+                        flow = Flow::Park;
+                    }
+                    Ok(None)
+                }
+                (FrameKind::SnapshotChunk, SnapIn::Inline { buf, size, crc }) => {
+                    if (buf.len() + frame.payload.len()) as u64 > *size {
+                        self.refuse(id, from, peer, AckStatus::SizeMismatch);
+                        Ok(Some(SnapIn::Finished))
+                    } else {
+                        buf.extend_from_slice(frame.payload);
+                        *crc = crc32c::crc32c_append(*crc, frame.payload);
+                        Ok(None)
+                    }
+                }
+                (
+                    FrameKind::SnapshotEnd,
+                    SnapIn::Stream {
+                        tx,
+                        pending,
+                        parking,
+                        ..
+                    },
+                ) => {
+                    match SnapshotEnd::decode(frame.payload) {
+                        Ok(end) => {
+                            *pending = Some(SnapItem::End(end));
+                            if push(tx, pending, parking) == Flow::Park {
+                                flow = Flow::Park;
+                            }
+                            // Keep the stream until the end is taken.
+                            Ok(None)
+                        }
+                        Err(_) => Err(ProtocolViolation::UnexpectedFrame),
+                    }
+                }
+                (FrameKind::SnapshotEnd, SnapIn::Inline { .. }) => {
+                    match SnapshotEnd::decode(frame.payload) {
+                        Ok(end) => {
+                            let SnapIn::Inline { buf, size, crc } =
+                                std::mem::replace(&mut snap, SnapIn::Finished)
+                            else {
+                                unreachable!("matched Inline above")
+                            };
+                            self.inline_end(id, from, peer, buf, size, crc, end)?;
+                            Ok(Some(SnapIn::Finished))
+                        }
+                        Err(_) => Err(ProtocolViolation::UnexpectedFrame),
+                    }
+                }
+                // The application dropped the reader or we refused: discard.
+                (FrameKind::SnapshotChunk | FrameKind::SnapshotEnd, SnapIn::Finished) => Ok(None),
+                _ => Err(ProtocolViolation::UnexpectedFrame),
+            };
+            match step {
+                Ok(Some(next)) => snap = next,
+                Ok(None) => {}
+                Err(v) => {
+                    violation = Some(v);
+                    break;
+                }
+            }
+            // An end that went through completes the stream.
+            if let SnapIn::Stream { pending: None, .. } = &snap {
+                if frame.kind == FrameKind::SnapshotEnd {
+                    snap = SnapIn::Finished;
+                }
+            }
+        }
+        *off = chunk.len() - cursor.remaining();
+        c.snap = Some(snap);
+        if let Some(v) = violation {
+            c.snap = Some(SnapIn::Finished);
+            self.violation(id, c, peer, Some(from), v);
+            *off = chunk.len();
+            return Ok(Flow::Go);
+        }
+        Ok(flow)
+    }
+
+    /// A `SnapshotBegin` frame: checks the limits, then hands the
+    /// application an `IncomingSnapshot` (or starts assembling an inline one).
+    fn snapshot_begin(
+        &mut self,
+        id: ConnId,
+        from: u64,
+        payload: &[u8],
+        peer: Option<&PeerHandle<M>>,
+    ) -> Result<Option<SnapIn>, ProtocolViolation> {
+        let cfg = &self.inner.config;
+        let (begin, msg) =
+            SnapshotBegin::decode(payload).map_err(|_| ProtocolViolation::UnexpectedFrame)?;
+        let too_large = begin.size > cfg.max_snapshot_len
+            || (begin.inline && begin.size > cfg.max_inline_snapshot_len as u64);
+        if too_large {
+            self.refuse(id, from, peer, AckStatus::TooLarge);
+            return Ok(Some(SnapIn::Finished));
+        }
+        if begin.inline {
+            // Grown as chunks arrive, never beyond the announced size.
+            return Ok(Some(SnapIn::Inline {
+                buf: Vec::new(),
+                size: begin.size,
+                crc: 0,
+            }));
+        }
+        let m = M::decode(msg).map_err(|e| ProtocolViolation::Decode(e.0))?;
+        check_addresses(&self.inner, from, &m)?;
+        let active = self.incoming_snapshots.fetch_add(1, AcqRel);
+        if active >= cfg.max_incoming_snapshots {
+            self.incoming_snapshots.fetch_sub(1, AcqRel);
+            self.refuse(id, from, peer, AckStatus::TooMany);
+            return Ok(Some(SnapIn::Finished));
+        }
+        let counters = peer
+            .map(|p| p.link.counters.clone())
+            .unwrap_or_else(|| self.inner.non_peers.clone());
+        counters
+            .lane(Lane::Snapshot)
+            .msgs_received
+            .fetch_add(1, Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(cfg.snapshot_inflight_chunks);
+        let parking = Arc::new(Parking::default());
+        let reader = SnapshotReader::new(ReaderParts {
+            rx,
+            size: begin.size,
+            conn: id,
+            peer: from,
+            loop_handle: self.loop_handle.clone(),
+            reader_wake: self.wake_tx.clone(),
+            parking: parking.clone(),
+            active: self.incoming_snapshots.clone(),
+            counters,
+            progress_timeout: cfg.snapshot_progress_timeout,
+        });
+        info!(
+            "node {}: receiving a snapshot of {} bytes from node {from}",
+            cfg.node_id, begin.size
+        );
+        let incoming = IncomingSnapshot {
+            message: m,
+            size: begin.size,
+            data: reader,
+        };
+        if self
+            .snapshots
+            .deliver(incoming, msg.len(), &self.stop)
+            .is_err()
+        {
+            // Stopping: the reader (and its verdict) went down with it.
+            return Ok(Some(SnapIn::Finished));
+        }
+        Ok(Some(SnapIn::Stream {
+            tx,
+            parking,
+            pending: None,
+        }))
+    }
+
+    /// The end of an inline snapshot: verify, decode, deliver, answer.
+    #[allow(clippy::too_many_arguments)]
+    fn inline_end(
+        &mut self,
+        id: ConnId,
+        from: u64,
+        peer: Option<&PeerHandle<M>>,
+        buf: Vec<u8>,
+        size: u64,
+        crc: u32,
+        end: SnapshotEnd,
+    ) -> Result<(), Stopped> {
+        if end.size != size || buf.len() as u64 != size {
+            self.refuse(id, from, peer, AckStatus::SizeMismatch);
+            return Ok(());
+        }
+        if end.crc != crc {
+            self.refuse(id, from, peer, AckStatus::ChecksumMismatch);
+            return Ok(());
+        }
+        let m = match M::decode(&buf) {
+            Ok(m) if check_addresses(&self.inner, from, &m).is_ok() => m,
+            _ => {
+                self.refuse(id, from, peer, AckStatus::Malformed);
+                return Ok(());
+            }
+        };
+        let counters = self.counters(peer);
+        counters.snapshots_received.fetch_add(1, Relaxed);
+        counters
+            .lane(Lane::Snapshot)
+            .msgs_received
+            .fetch_add(1, Relaxed);
+        let d = if m.class() == MessageClass::Proposal {
+            &mut self.proposals
+        } else {
+            &mut self.messages
+        };
+        d.deliver(m, buf.len(), &self.stop)?;
+        self.loop_handle.send(LoopCmd::SnapshotAck {
+            conn: id,
+            status: AckStatus::Ok,
+        });
         Ok(())
+    }
+
+    /// Refuses an incoming snapshot: tells the sender why and closes.
+    fn refuse(&self, id: ConnId, from: u64, peer: Option<&PeerHandle<M>>, status: AckStatus) {
+        let counters = self.counters(peer);
+        counters.snapshots_receive_failed.fetch_add(1, Relaxed);
+        counters.set_last_error(format!("incoming snapshot refused: {status}"));
+        warn!(
+            "node {}: refusing a snapshot from node {from}: {status}",
+            self.inner.config.node_id
+        );
+        self.loop_handle
+            .send(LoopCmd::SnapshotAck { conn: id, status });
     }
 
     fn handshake(
@@ -551,7 +891,8 @@ impl<M: Message> Reader<M> {
     }
 }
 
-/// Checks and decodes one frame. `Ok(None)` for a link heartbeat.
+/// Checks and decodes one frame of a message or append lane. `Ok(None)`
+/// for a link heartbeat.
 fn handle_frame<M: Message>(
     inner: &Inner<M>,
     from: u64,
@@ -559,20 +900,75 @@ fn handle_frame<M: Message>(
 ) -> Result<Option<(M, usize)>, ProtocolViolation> {
     match frame.kind {
         FrameKind::Heartbeat if frame.payload.is_empty() => Ok(None),
-        FrameKind::Heartbeat => Err(ProtocolViolation::UnexpectedFrame),
         FrameKind::Message => {
             let m = M::decode(frame.payload).map_err(|e| ProtocolViolation::Decode(e.0))?;
-            if m.from() != from {
-                return Err(ProtocolViolation::WrongSender {
-                    expected: from,
-                    got: m.from(),
-                });
-            }
-            if m.to() != inner.config.node_id {
-                return Err(ProtocolViolation::WrongReceiver(m.to()));
-            }
+            check_addresses(inner, from, &m)?;
             Ok(Some((m, frame.payload.len())))
         }
+        _ => Err(ProtocolViolation::UnexpectedFrame),
+    }
+}
+
+/// A message must come from the connection's sender and be for us.
+fn check_addresses<M: Message>(
+    inner: &Inner<M>,
+    from: u64,
+    m: &M,
+) -> Result<(), ProtocolViolation> {
+    if m.from() != from {
+        return Err(ProtocolViolation::WrongSender {
+            expected: from,
+            got: m.from(),
+        });
+    }
+    if m.to() != inner.config.node_id {
+        return Err(ProtocolViolation::WrongReceiver(m.to()));
+    }
+    Ok(())
+}
+
+/// Offers a stream's pending item to its application. When the channel is
+/// full, parks the stream (the `SnapshotReader` wakes it after taking an
+/// item); when the application is gone, drops the item.
+fn push(tx: &Sender<SnapItem>, pending: &mut Option<SnapItem>, parking: &Parking) -> Flow {
+    let Some(item) = pending.take() else {
+        return Flow::Go;
+    };
+    match tx.try_send(item) {
+        Ok(()) => Flow::Go,
+        Err(TrySendError::Disconnected(_)) => Flow::Go,
+        Err(TrySendError::Full(item)) => {
+            parking.parked.store(true, SeqCst);
+            // The reader may have taken an item between the two: try again.
+            match tx.try_send(item) {
+                Ok(()) => Flow::Go,
+                Err(TrySendError::Disconnected(_)) => Flow::Go,
+                Err(TrySendError::Full(item)) => {
+                    *pending = Some(item);
+                    Flow::Park
+                }
+            }
+        }
+    }
+}
+
+/// Pushes a parked stream's pending item, if any.
+fn push_pending(snap: &mut Option<SnapIn>) -> Flow {
+    match snap {
+        Some(SnapIn::Stream {
+            tx,
+            pending,
+            parking,
+            ..
+        }) => {
+            let was_end = matches!(pending, Some(SnapItem::End(_)));
+            let flow = push(tx, pending, parking);
+            if was_end && flow == Flow::Go {
+                *snap = Some(SnapIn::Finished);
+            }
+            flow
+        }
+        _ => Flow::Go,
     }
 }
 

@@ -27,14 +27,38 @@ pub enum FrameKind {
     Message = 1,
     /// A link heartbeat: empty payload, keeps an idle connection alive.
     Heartbeat = 2,
+    /// Opens a snapshot stream: size, flags and the snapshot's message.
+    SnapshotBegin = 3,
+    /// A piece of snapshot data.
+    SnapshotChunk = 4,
+    /// Closes a snapshot stream: total size and CRC-32C of all the data.
+    SnapshotEnd = 5,
+    /// The receiver's verdict on a snapshot stream.
+    SnapshotAck = 6,
 }
 
 impl FrameKind {
+    /// A short stable name (as in docs/PROTOCOL.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Message => "message",
+            FrameKind::Heartbeat => "heartbeat",
+            FrameKind::SnapshotBegin => "snapshot_begin",
+            FrameKind::SnapshotChunk => "snapshot_chunk",
+            FrameKind::SnapshotEnd => "snapshot_end",
+            FrameKind::SnapshotAck => "snapshot_ack",
+        }
+    }
+
     /// The kind for a wire byte, if it is one this version knows.
     pub fn from_u8(b: u8) -> Option<FrameKind> {
         match b {
             1 => Some(FrameKind::Message),
             2 => Some(FrameKind::Heartbeat),
+            3 => Some(FrameKind::SnapshotBegin),
+            4 => Some(FrameKind::SnapshotChunk),
+            5 => Some(FrameKind::SnapshotEnd),
+            6 => Some(FrameKind::SnapshotAck),
             _ => None,
         }
     }

@@ -5,7 +5,8 @@
 //! Hello (32 bytes)                          Response (8 bytes)
 //!  0..4   magic "RFTW"                        0..4  magic "RFTW"
 //!  4..6   version (u16)                       4..6  acceptor's version (u16)
-//!  6      lane (0 message, 1 append)          6     status (0 accept, 1 reject)
+//!  6      lane (0 message, 1 append,          6     status (0 accept, 1 reject)
+//!         2 snapshot)
 //!  7      flags (0)                           7     reason (0 if accepted)
 //!  8..16  cluster id (u64)
 //! 16..24  sender (from) id (u64)
@@ -35,19 +36,24 @@ pub const RESPONSE_LEN: usize = 8;
 pub enum Lane {
     /// Heartbeats, votes, responses and proposals: small and urgent.
     Message = 0,
-    /// Log appends (and, until the snapshot lane exists, snapshot messages).
+    /// Log appends.
     Append = 1,
+    /// One snapshot stream: a connection of its own per snapshot.
+    Snapshot = 2,
 }
 
 impl Lane {
     /// Every lane, in wire order.
-    pub const ALL: [Lane; 2] = [Lane::Message, Lane::Append];
+    pub const ALL: [Lane; 3] = [Lane::Message, Lane::Append, Lane::Snapshot];
+    /// The lanes with a queue, a writer and a long-lived connection per peer.
+    pub const QUEUED: [Lane; 2] = [Lane::Message, Lane::Append];
 
     /// The lane for a wire byte.
     pub fn from_u8(b: u8) -> Option<Lane> {
         match b {
             0 => Some(Lane::Message),
             1 => Some(Lane::Append),
+            2 => Some(Lane::Snapshot),
             _ => None,
         }
     }
@@ -62,6 +68,7 @@ impl Lane {
         match self {
             Lane::Message => "message",
             Lane::Append => "append",
+            Lane::Snapshot => "snapshot",
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod snapshot;
 
 pub use frame::{
     Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame, heartbeat_frame,
@@ -15,3 +16,4 @@ pub use handshake::{
     HELLO_LEN, Hello, HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN,
     RejectReason, Response, ResponseError,
 };
+pub use snapshot::{AckStatus, SnapshotBegin, SnapshotEnd};
