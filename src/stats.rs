@@ -138,6 +138,8 @@ pub(crate) struct GlobalCounters {
     pub protocol_errors: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Sockets the event loop holds (listener excluded).
+    pub connections: AtomicU64,
     pub unknown_logged_at: AtomicU64,
     pub error_logged_at: AtomicU64,
 }
@@ -254,6 +256,9 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Inbound connections closed because the handshake did not complete in time.
     pub handshake_timeouts: u64,
+    /// TCP connections open right now (inbound and outbound, any state; the
+    /// listener is not counted).
+    pub connections: u64,
 }
 
 impl Stats {

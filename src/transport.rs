@@ -505,6 +505,7 @@ impl<M: Message> Transport<M> {
             inbound_rejected: g.inbound_rejected.load(Relaxed),
             protocol_errors: g.protocol_errors.load(Relaxed),
             handshake_timeouts: g.handshake_timeouts.load(Relaxed),
+            connections: g.connections.load(Relaxed),
         }
     }
 

@@ -109,6 +109,7 @@ fn a_streamed_snapshot_arrives_intact_and_is_reported_once() {
     assert_eq!((s.snapshots_sent, s.snapshots_send_failed), (1, 0));
     assert_eq!(nodes[1].t.stats().peer(1).snapshots_received, 1);
     wait_until("snapshot thread gone", 5, || snap_threads(&nodes[0].t) == 0);
+    wait_settled(&nodes);
     // Empty snapshots work too.
     nodes[0]
         .t
@@ -364,6 +365,7 @@ fn the_concurrency_limit_fails_the_extra_snapshot_at_once() {
         snapshot_reports(&nodes[0].events, 2, 5),
         vec![SnapshotStatus::Finish, SnapshotStatus::Finish]
     );
+    wait_settled(&nodes);
     // The receiving side has a limit too.
     let mut c2 = config(2);
     c2.max_incoming_snapshots = 1;
@@ -420,4 +422,210 @@ fn snapshots_to_unknown_or_paused_peers_fail_with_one_report() {
             .send_snapshot(snapshot_msg(2, 1), pattern(10), 10),
         Err(raftwire::Error::Stopped)
     ));
+}
+
+/// Both nodes of a connected pair hold exactly their four lane connections
+/// again: no snapshot connection was leaked.
+fn wait_settled(nodes: &[Node]) {
+    for n in nodes {
+        wait_until("only the lane connections left", 5, || {
+            n.t.stats().connections == 4
+        });
+    }
+}
+
+/// A hand-made snapshot sender: connects to `to` as node `from` on the
+/// snapshot lane and returns the stream after the accept.
+fn raw_snapshot_conn(to: &Node, from: u64) -> TcpStream {
+    use raftwire::wire::{Hello, Lane, RESPONSE_LEN, Response};
+    let mut s = TcpStream::connect(to.t.local_addr()).unwrap();
+    s.write_all(&Hello::new(Lane::Snapshot, 7, from, to.t.node_id()).encode())
+        .unwrap();
+    let mut r = [0u8; RESPONSE_LEN];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(Response::decode(&r), Some(Ok(Response::Accept)));
+    s
+}
+
+fn frame(kind: raftwire::wire::FrameKind, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    raftwire::wire::encode_frame(&mut out, kind, u32::MAX, |b| b.extend_from_slice(payload))
+        .unwrap();
+    out
+}
+
+fn begin(size: u64, msg: &Envelope) -> Vec<u8> {
+    use raftwire::Message;
+    let mut p = Vec::new();
+    raftwire::wire::SnapshotBegin {
+        size,
+        inline: false,
+    }
+    .encode(&mut p, |b| msg.encode(b));
+    frame(raftwire::wire::FrameKind::SnapshotBegin, &p)
+}
+
+/// Reads frames until a snapshot ack arrives; returns its status.
+fn read_ack(s: &mut TcpStream) -> raftwire::wire::AckStatus {
+    use raftwire::wire::{AckStatus, Deframer, FrameKind};
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut d = Deframer::new(1);
+    let mut buf = [0u8; 256];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the ack");
+        let mut c = d.feed(&buf[..n]);
+        while let Some(f) = c.next() {
+            let f = f.unwrap();
+            if f.kind == FrameKind::SnapshotAck {
+                return AckStatus::decode(f.payload).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn the_receiver_verifies_the_whole_snapshot_checksum_and_size() {
+    use raftwire::wire::{AckStatus, FrameKind, SnapshotEnd};
+    let n2 = node(2);
+    for (declared_end, want) in [
+        (
+            SnapshotEnd {
+                size: 5,
+                crc: crc32c::crc32c(b"hellO"),
+            },
+            AckStatus::ChecksumMismatch,
+        ),
+        (
+            SnapshotEnd {
+                size: 4,
+                crc: crc32c::crc32c(b"hello"),
+            },
+            AckStatus::SizeMismatch,
+        ),
+        (
+            SnapshotEnd {
+                size: 5,
+                crc: crc32c::crc32c(b"hello"),
+            },
+            AckStatus::Ok,
+        ),
+    ] {
+        let mut s = raw_snapshot_conn(&n2, 1);
+        s.write_all(&begin(5, &snapshot_msg(2, 1))).unwrap();
+        s.write_all(&frame(FrameKind::SnapshotChunk, b"hel"))
+            .unwrap();
+        s.write_all(&frame(FrameKind::SnapshotChunk, b"lo"))
+            .unwrap();
+        s.write_all(&frame(FrameKind::SnapshotEnd, &declared_end.encode()))
+            .unwrap();
+        let mut inc =
+            n2.t.snapshots()
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap();
+        let mut data = Vec::new();
+        let r = inc.data.read_to_end(&mut data);
+        assert_eq!(read_ack(&mut s), want);
+        if want == AckStatus::Ok {
+            assert_eq!(data, b"hello");
+            r.unwrap();
+        } else {
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        }
+    }
+    let s = n2.t.stats().non_peers;
+    assert_eq!((s.snapshots_received, s.snapshots_receive_failed), (1, 2));
+}
+
+#[test]
+fn the_receiver_times_out_a_sender_that_stalls() {
+    use raftwire::wire::{AckStatus, FrameKind};
+    let mut c2 = config(2);
+    c2.snapshot_progress_timeout = Duration::from_millis(300);
+    let n2 = start(c2);
+    let mut s = raw_snapshot_conn(&n2, 1);
+    s.write_all(&begin(1000, &snapshot_msg(2, 1))).unwrap();
+    s.write_all(&frame(FrameKind::SnapshotChunk, &[7; 100]))
+        .unwrap();
+    let mut inc =
+        n2.t.snapshots()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap();
+    let t0 = Instant::now();
+    let mut data = Vec::new();
+    let err = inc.data.read_to_end(&mut data).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert_eq!(data.len(), 100);
+    assert_eq!(read_ack(&mut s), AckStatus::Timeout);
+}
+
+#[test]
+fn removing_the_peer_fails_its_snapshot() {
+    let nodes = cluster(&[1, 2]);
+    let size = 64 << 20;
+    nodes[0]
+        .t
+        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
+        .unwrap();
+    let inc = nodes[1]
+        .t
+        .snapshots()
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap();
+    nodes[0].t.remove_peer(2).unwrap();
+    assert_eq!(
+        snapshot_reports(&nodes[0].events, 2, 5),
+        vec![SnapshotStatus::Failure]
+    );
+    drop(inc);
+    wait_until("no connections left at node 1", 5, || {
+        nodes[0].t.stats().connections == 2
+    });
+    wait_until("snapshot thread gone", 5, || snap_threads(&nodes[0].t) == 0);
+}
+
+#[test]
+fn a_snapshot_slower_than_the_minimum_rate_fails() {
+    let mut c1 = config(1);
+    c1.snapshot_progress_timeout = Duration::from_millis(500);
+    c1.snapshot_min_rate = 1 << 30; // 1 GiB/s: 16 MiB may take 0.5 s + 16 ms
+    let nodes = vec![start(c1), node(2)];
+    connect_all(&nodes);
+    let size = 16 << 20;
+    nodes[0]
+        .t
+        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
+        .unwrap();
+    let mut inc = nodes[1]
+        .t
+        .snapshots()
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap();
+    // Read steadily but slowly: 64 KiB every 10 ms (progress never stops).
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match inc.data.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    assert_eq!(
+        snapshot_reports(&nodes[0].events, 2, 5),
+        vec![SnapshotStatus::Failure]
+    );
+    assert!(
+        nodes[0]
+            .t
+            .stats()
+            .peer(2)
+            .last_error
+            .unwrap()
+            .contains("longer than")
+    );
+    assert!(reader.join().unwrap().is_err());
+    wait_settled(&nodes);
 }

@@ -277,8 +277,12 @@ impl EventLoop {
             if Instant::now() >= self.next_timer {
                 self.run_timers(Instant::now());
             }
+            self.global
+                .connections
+                .store(self.conns.len() as u64, Relaxed);
         }
         self.shutdown();
+        self.global.connections.store(0, Relaxed);
     }
 
     // ----- commands -----
