@@ -151,7 +151,49 @@
 //! is refused at the handshake once the reporter's `is_id_removed` says so
 //! ([`ChannelReporter::mark_removed`]).
 //!
-//! # 6. Limits and memory
+//! # 6. Snapshots
+//!
+//! [`Transport::send_snapshot`] streams a snapshot of any size on a
+//! connection of its own, in checksummed chunks, reading from any
+//! [`Read`](std::io::Read) while the peer's other lanes keep flowing. The
+//! receiver gets an [`IncomingSnapshot`](snapshot::IncomingSnapshot) on
+//! [`Transport::snapshots`], whose `data` streams from the socket as it is
+//! read: memory stays at a few chunks on both sides whatever the size. Every
+//! send ends in exactly one `report_snapshot`: `Finish` once the receiver
+//! has read every byte and verified the length and the checksum of the
+//! whole, `Failure` otherwise. A snapshot-class message passed to `send`
+//! with its data inline (raft-rs's `MsgSnapshot`) takes the same path and
+//! arrives on [`Transport::messages`] once complete.
+//!
+//! ```
+//! use raftwire::{ChannelReporter, Config, Envelope, MessageClass, ReportEvent, SnapshotStatus, Transport};
+//! use std::io::Read;
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let any = "127.0.0.1:0".parse().unwrap();
+//! let (reporter, events) = ChannelReporter::new();
+//! let leader: Transport = Transport::start(Config::new(1, any), reporter)?;
+//! let follower: Transport = Transport::start(Config::new(2, any), ChannelReporter::new().0)?;
+//! leader.add_peer(2, &[follower.local_addr()])?;
+//!
+//! // Any Read will do: a file, a pipe, a generator. Here: 5 MB of zeros.
+//! let size = 5_000_000u64;
+//! let meta = Envelope::new(2, 1, MessageClass::Snapshot, b"index 42, term 3".to_vec());
+//! leader.send_snapshot(meta, std::io::repeat(0).take(size), size)?;
+//!
+//! let mut incoming = follower.snapshots().recv_timeout(Duration::from_secs(5))?;
+//! assert_eq!(incoming.message.payload, b"index 42, term 3");
+//! let copied = std::io::copy(&mut incoming.data, &mut std::io::sink())?; // e.g. into a file
+//! assert_eq!(copied, size);
+//!
+//! let event = events.recv_timeout(Duration::from_secs(5))?;
+//! assert_eq!(event, ReportEvent::Snapshot(2, SnapshotStatus::Finish));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # 7. Limits and memory
 //!
 //! Every queue and buffer is bounded by a [`Config`] field; see its
 //! documentation for the arithmetic. A full send queue drops (counted,
@@ -159,7 +201,7 @@
 //! makes the transport stop reading sockets, so TCP pushes back and the
 //! drops happen at the senders, where Raft is told.
 //!
-//! # 7. What failures look like
+//! # 8. What failures look like
 //!
 //! | event | what happens |
 //! |---|---|
@@ -169,11 +211,12 @@
 //! | connection silent past `read_timeout`, writes stuck past `write_timeout` | closed, peer inactive, redialed |
 //! | handshake rejected | both sides log the reason and count it; the dialer backs off; `report_rejected` |
 //! | garbage, bad checksum, oversize, truncated, undecodable | that connection closed, logged, counted; no one else affected |
+//! | snapshot short, long, corrupted, stalled, refused, peer lost | `report_snapshot(id, Failure)`, exactly once; the receiver's read fails |
 //! | `stop()` | returns promptly; every thread joined, every socket closed |
 //!
 //! Everything is visible in [`Transport::stats`].
 //!
-//! # 8. The wire
+//! # 9. The wire
 //!
 //! The protocol is in `docs/PROTOCOL.md`; the pure codec is the [`wire`]
 //! module (no sockets, no threads, no clocks).

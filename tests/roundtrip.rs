@@ -106,3 +106,20 @@ fn routing_goes_to_the_named_peer_only() {
     assert_eq!(n2, (0..100).filter(|i| i % 2 == 0).collect::<Vec<_>>());
     assert!(nodes[1].t.messages().is_empty() && nodes[2].t.messages().is_empty());
 }
+
+#[test]
+fn messages_sent_right_after_add_peer_are_delivered() {
+    // Held while the first connection is made, not dropped.
+    for round in 0..20u8 {
+        let a = node(1);
+        let b = node(2);
+        a.t.add_peer(2, &[b.t.local_addr()]).unwrap();
+        a.t.send([
+            env(2, 1, MessageClass::Other, &[round]),
+            env(2, 1, MessageClass::Append, &[round]),
+        ]);
+        let got = recv_n(b.t.messages(), 2, 5);
+        assert!(got.iter().all(|m| m.payload == [round]));
+        assert_eq!(a.t.stats().peer(2).message_lane.dropped(), 0);
+    }
+}

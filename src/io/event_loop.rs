@@ -471,8 +471,15 @@ impl EventLoop {
                     self.dirty.push(c);
                 }
             }
+            // Hold while a connection is being made, or about to be (a new
+            // or readdressed peer, before its first dial); drop while the
+            // link backs off after a failure.
             (LinkState::Dialing { .. } | LinkState::Handshaking { .. }, _) => {
                 l.held.push_back(batch);
+            }
+            (LinkState::Waiting { at }, _) if at <= Instant::now() => {
+                l.held.push_back(batch);
+                self.next_timer = Instant::now();
             }
             _ => give_back(&l.returns, batch, UNREACHABLE),
         }
