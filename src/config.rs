@@ -61,6 +61,10 @@ pub struct Config {
     /// Per inbound connection: bytes read from the socket and not yet
     /// decoded. Past it the event loop stops reading that socket.
     pub conn_read_cap: usize,
+    /// Most inbound connections at once. When full, the oldest connection
+    /// that has not completed its handshake is closed to admit a new one;
+    /// authenticated peers are never evicted for a stranger.
+    pub max_inbound_connections: usize,
     /// Size of each read from a socket.
     pub read_chunk_len: usize,
     /// Frames decoded from one connection before the reader serves the next
@@ -136,6 +140,7 @@ impl Config {
             recv_queue_len: 4096,
             recv_queue_bytes: 64 << 20,
             conn_read_cap: 1 << 20,
+            max_inbound_connections: 256,
             read_chunk_len: 64 << 10,
             reader_fairness_budget: 64,
             heartbeat_interval: Duration::from_millis(500),
@@ -187,6 +192,7 @@ impl Config {
             ("recv_queue_bytes", self.recv_queue_bytes),
             ("conn_read_cap", self.conn_read_cap),
             ("read_chunk_len", self.read_chunk_len),
+            ("max_inbound_connections", self.max_inbound_connections),
             ("reader_fairness_budget", self.reader_fairness_budget),
             ("snapshot_chunk_len", self.snapshot_chunk_len),
             ("snapshot_inflight_chunks", self.snapshot_inflight_chunks),

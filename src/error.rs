@@ -246,6 +246,9 @@ pub enum CloseReason {
     HandshakeTimeout,
     /// A newer connection from the same peer and lane replaced this one.
     Replaced,
+    /// Closed to make room under `max_inbound_connections` before it had
+    /// completed its handshake.
+    Evicted,
     /// The peer was removed or its addresses changed.
     PeerRemoved,
     /// We refused an incoming snapshot (and told the sender why).
@@ -330,6 +333,7 @@ impl CloseReason {
             CloseReason::DialTimeout => "dial_timeout",
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::Replaced => "replaced",
+            CloseReason::Evicted => "evicted",
             CloseReason::PeerRemoved => "peer_removed",
             CloseReason::SnapshotRefused(s) => s.name(),
             CloseReason::Stopped => "stopped",
@@ -349,6 +353,9 @@ impl fmt::Display for CloseReason {
             CloseReason::DialTimeout => f.write_str("dial timed out"),
             CloseReason::HandshakeTimeout => f.write_str("handshake timed out"),
             CloseReason::Replaced => f.write_str("replaced by a newer connection"),
+            CloseReason::Evicted => {
+                f.write_str("evicted before its handshake: too many inbound connections")
+            }
             CloseReason::PeerRemoved => f.write_str("peer removed or readdressed"),
             CloseReason::SnapshotRefused(s) => write!(f, "snapshot refused: {s}"),
             CloseReason::Stopped => f.write_str("transport stopped"),

@@ -138,6 +138,8 @@ pub(crate) struct GlobalCounters {
     pub protocol_errors: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub accept_errors: AtomicU64,
+    pub inbound_evicted: AtomicU64,
+    pub inbound_refused: AtomicU64,
     /// Sockets the event loop holds (listener excluded).
     pub connections: AtomicU64,
     pub unknown_logged_at: AtomicU64,
@@ -256,6 +258,14 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Inbound connections closed because the handshake did not complete in time.
     pub handshake_timeouts: u64,
+    /// Inbound connections closed before their handshake to make room under
+    /// `max_inbound_connections`.
+    pub inbound_evicted: u64,
+    /// Inbound connections refused at once: `max_inbound_connections`
+    /// reached and every one of them authenticated.
+    pub inbound_refused: u64,
+    /// Accepts that failed (for example out of file descriptors).
+    pub accept_errors: u64,
     /// TCP connections open right now (inbound and outbound, any state; the
     /// listener is not counted).
     pub connections: u64,

@@ -506,6 +506,9 @@ impl<M: Message> Transport<M> {
             protocol_errors: g.protocol_errors.load(Relaxed),
             handshake_timeouts: g.handshake_timeouts.load(Relaxed),
             connections: g.connections.load(Relaxed),
+            inbound_evicted: g.inbound_evicted.load(Relaxed),
+            inbound_refused: g.inbound_refused.load(Relaxed),
+            accept_errors: g.accept_errors.load(Relaxed),
         }
     }
 

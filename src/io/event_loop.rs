@@ -144,6 +144,8 @@ pub(crate) struct EventLoop {
     peers: HashMap<u64, LoopPeer>,
     inbound_by: HashMap<(u64, Lane), ConnId>,
     snaps: HashMap<SnapId, ConnId>,
+    /// An accept failed (e.g. out of file descriptors): retry from the timers.
+    accept_retry: bool,
     scratch: Vec<u8>,
     dirty: Vec<ConnId>,
     next_timer: Instant,
@@ -222,6 +224,7 @@ impl EventLoop {
             peers: HashMap::new(),
             inbound_by: HashMap::new(),
             snaps: HashMap::new(),
+            accept_retry: false,
             dirty: Vec::new(),
             next_timer: Instant::now(),
             seed,
@@ -515,6 +518,9 @@ impl EventLoop {
         loop {
             match self.listener.accept() {
                 Ok((mut sock, addr)) => {
+                    if !self.make_room_for_inbound(addr) {
+                        continue; // dropping `sock` closes it
+                    }
                     if let Err(e) = configure(SockRef::from(&sock), &self.config) {
                         debug!(
                             "node {}: socket options for {addr}: {e}",
@@ -567,9 +573,65 @@ impl EventLoop {
                     ) {
                         warn!("node {}: accept failed: {e}", self.config.node_id);
                     }
+                    // Retry from the timers: the listener's readiness edge
+                    // may not come again for the connections still queued.
+                    self.accept_retry = true;
                     self.next_timer = Instant::now() + Duration::from_millis(10);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Keeps inbound connections within `max_inbound_connections`: when
+    /// full, the oldest connection that has not completed its handshake
+    /// makes room (peers that authenticated are never evicted for a
+    /// stranger); if every one has, the new connection is refused.
+    fn make_room_for_inbound(&mut self, addr: SocketAddr) -> bool {
+        let inbound = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.kind, Kind::Inbound { .. }))
+            .count();
+        if inbound < self.config.max_inbound_connections {
+            return true;
+        }
+        let oldest_stranger = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.kind, Kind::Inbound { accepted: None, .. }) && c.closing.is_none()
+            })
+            .min_by_key(|(_, c)| c.opened)
+            .map(|(id, _)| *id);
+        let logged = rate_limit(
+            &self.global.error_logged_at,
+            self.epoch.elapsed(),
+            self.config.log_interval,
+        );
+        match oldest_stranger {
+            Some(id) => {
+                self.global.inbound_evicted.fetch_add(1, Relaxed);
+                if logged {
+                    warn!(
+                        "node {}: {} inbound connections: closing the oldest one that has \
+                         not completed its handshake to admit {addr}",
+                        self.config.node_id, self.config.max_inbound_connections
+                    );
+                }
+                self.close_inbound(id, CloseReason::Evicted);
+                true
+            }
+            None => {
+                self.global.inbound_refused.fetch_add(1, Relaxed);
+                if logged {
+                    warn!(
+                        "node {}: refusing a connection from {addr}: {} inbound connections, \
+                         all authenticated",
+                        self.config.node_id, self.config.max_inbound_connections
+                    );
+                }
+                false
             }
         }
     }
@@ -1188,6 +1250,9 @@ impl EventLoop {
     // ----- timers -----
 
     fn run_timers(&mut self, now: Instant) {
+        if std::mem::take(&mut self.accept_retry) {
+            self.accept_all();
+        }
         let cfg = &self.config;
         let mut next = now + MAX_SLEEP;
         let mut dials = Vec::new();
