@@ -87,14 +87,19 @@ impl<M> Delivery<M> {
                 default(Duration::from_millis(1)) => self.prune(),
             }
         }
-        select! {
-            send(self.tx, m) -> r => {
-                if r.is_err() {
-                    // Every receiver is gone: only possible while stopping.
-                    return Err(Stopped);
+        // The common case costs one try_send; only a full channel waits.
+        match self.tx.try_send(m) {
+            Ok(()) => {}
+            // Every receiver is gone: only possible while stopping.
+            Err(TrySendError::Disconnected(_)) => return Err(Stopped),
+            Err(TrySendError::Full(m)) => select! {
+                send(self.tx, m) -> r => {
+                    if r.is_err() {
+                        return Err(Stopped);
+                    }
                 }
-            }
-            recv(stop) -> _ => return Err(Stopped),
+                recv(stop) -> _ => return Err(Stopped),
+            },
         }
         self.sizes.push_back(size);
         self.bytes += size;
