@@ -230,6 +230,8 @@ mod peer;
 pub mod reporter;
 pub mod snapshot;
 pub mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod transport;
 pub mod wire;
 

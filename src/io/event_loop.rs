@@ -649,42 +649,53 @@ impl EventLoop {
 
     // ----- dialing -----
 
-    fn dial(&mut self, peer: u64, lane: Lane, addr: SocketAddr, now: Instant) {
+    /// Starts a non-blocking connect and registers the socket as a new
+    /// outbound connection (of a lane, or of a snapshot).
+    fn dial_conn(
+        &mut self,
+        peer: u64,
+        lane: Lane,
+        addr: SocketAddr,
+        snap: Option<SnapOut>,
+        now: Instant,
+    ) -> io::Result<ConnId> {
         let id = self.next_id();
-        let result = dial(addr, &self.config).and_then(|mut sock| {
-            self.poll.registry().register(
-                &mut sock,
-                Token(id),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(sock)
-        });
-        match result {
-            Ok(sock) => {
-                self.conns.insert(
-                    id,
-                    Conn {
-                        sock,
-                        kind: Kind::Outbound {
-                            peer,
-                            lane,
-                            addr,
-                            phase: Phase::Connecting,
-                            response: Vec::with_capacity(RESPONSE_LEN),
-                            deframer: Deframer::new(0),
-                            snap: None,
-                        },
-                        out: VecDeque::new(),
-                        out_pos: 0,
-                        liveness: Liveness::new(now),
-                        opened: now,
-                        closing: None,
-                    },
-                );
+        let mut sock = dial(addr, &self.config)?;
+        self.poll.registry().register(
+            &mut sock,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.conns.insert(
+            id,
+            Conn {
+                sock,
+                kind: Kind::Outbound {
+                    peer,
+                    lane,
+                    addr,
+                    phase: Phase::Connecting,
+                    response: Vec::with_capacity(RESPONSE_LEN),
+                    deframer: Deframer::new(0),
+                    snap,
+                },
+                out: VecDeque::new(),
+                out_pos: 0,
+                liveness: Liveness::new(now),
+                opened: now,
+                closing: None,
+            },
+        );
+        self.schedule(now + self.config.dial_timeout);
+        Ok(id)
+    }
+
+    fn dial(&mut self, peer: u64, lane: Lane, addr: SocketAddr, now: Instant) {
+        match self.dial_conn(peer, lane, addr, None, now) {
+            Ok(id) => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.lanes[lane.index()].conn = Some(id);
                 }
-                self.schedule(now + self.config.dial_timeout);
             }
             Err(e) => self.fail_lane(peer, lane, CloseReason::Io(e.kind()), now),
         }
@@ -1205,39 +1216,13 @@ impl EventLoop {
             let _ = events.send(SnapEvent::Failed(format!("node {peer} is not a peer")));
             return;
         };
-        let id = self.next_id();
-        let sock = dial(addr, &self.config).and_then(|mut sock| {
-            self.poll.registry().register(
-                &mut sock,
-                Token(id),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(sock)
-        });
-        match sock {
-            Ok(sock) => {
-                self.conns.insert(
-                    id,
-                    Conn {
-                        sock,
-                        kind: Kind::Outbound {
-                            peer,
-                            lane: Lane::Snapshot,
-                            addr,
-                            phase: Phase::Connecting,
-                            response: Vec::with_capacity(RESPONSE_LEN),
-                            deframer: Deframer::new(0),
-                            snap: Some(SnapOut { id: snap, events }),
-                        },
-                        out: VecDeque::new(),
-                        out_pos: 0,
-                        liveness: Liveness::new(now),
-                        opened: now,
-                        closing: None,
-                    },
-                );
+        let snap_out = SnapOut {
+            id: snap,
+            events: events.clone(),
+        };
+        match self.dial_conn(peer, Lane::Snapshot, addr, Some(snap_out), now) {
+            Ok(id) => {
                 self.snaps.insert(snap, id);
-                self.schedule(now + self.config.dial_timeout);
             }
             Err(e) => {
                 let _ = events.send(SnapEvent::Failed(format!(

@@ -19,8 +19,8 @@ use crate::stats::{PeerCounters, rate_limit};
 use crate::transport::{Inner, PeerHandle};
 use crate::wire::{AckStatus, SnapshotBegin, SnapshotEnd};
 use crate::wire::{
-    Deframer, FRAME_HEADER_LEN, Frame, FrameKind, HELLO_LEN, Hello, HelloParse, Lane, RejectReason,
-    Response,
+    Cursor, Deframer, FRAME_HEADER_LEN, Frame, FrameKind, HELLO_LEN, Hello, HelloParse, Lane,
+    RejectReason, Response,
 };
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use log::{debug, info, warn};
@@ -43,6 +43,25 @@ struct Budget {
 impl Budget {
     fn left(&self) -> bool {
         self.frames > 0 && self.bytes > 0
+    }
+
+    /// The next frame while budget is left, charged to the budget.
+    fn next<'c>(
+        &mut self,
+        cursor: &'c mut Cursor<'_, '_>,
+    ) -> Option<Result<Frame<'c>, ProtocolViolation>> {
+        if !self.left() {
+            return None;
+        }
+        let frame = match cursor.next()? {
+            Ok(f) => f,
+            Err(e) => return Some(Err(ProtocolViolation::Frame(e))),
+        };
+        self.frames -= 1;
+        self.bytes = self
+            .bytes
+            .saturating_sub(frame.payload.len() + FRAME_HEADER_LEN);
+        Some(Ok(frame))
     }
 }
 
@@ -396,19 +415,14 @@ impl<M: Message> Reader<M> {
         }
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
-        while budget.left() {
-            let frame = match cursor.next() {
-                None => break,
-                Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    violation = Some(ProtocolViolation::Frame(e));
+        while let Some(frame) = budget.next(&mut cursor) {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(v) => {
+                    violation = Some(v);
                     break;
                 }
             };
-            budget.frames -= 1;
-            budget.bytes = budget
-                .bytes
-                .saturating_sub(frame.payload.len() + FRAME_HEADER_LEN);
             match handle_frame::<M>(&self.inner, from, frame) {
                 Ok(None) => {}
                 Ok(Some((m, size))) => {
@@ -473,19 +487,15 @@ impl<M: Message> Reader<M> {
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
         let mut flow = Flow::Go;
-        while budget.left() && flow == Flow::Go {
-            let frame = match cursor.next() {
+        while flow == Flow::Go {
+            let frame = match budget.next(&mut cursor) {
                 None => break,
                 Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    violation = Some(ProtocolViolation::Frame(e));
+                Some(Err(v)) => {
+                    violation = Some(v);
                     break;
                 }
             };
-            budget.frames -= 1;
-            budget.bytes = budget
-                .bytes
-                .saturating_sub(frame.payload.len() + FRAME_HEADER_LEN);
             let counters = self.counters(peer);
             counters
                 .lane(Lane::Snapshot)

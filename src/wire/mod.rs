@@ -10,7 +10,7 @@ pub mod handshake;
 pub mod snapshot;
 
 pub use frame::{
-    Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame, heartbeat_frame,
+    Cursor, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame, heartbeat_frame,
 };
 pub use handshake::{
     HELLO_LEN, Hello, HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN,
