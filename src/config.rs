@@ -76,9 +76,10 @@ pub struct Config {
     /// A connection that has received nothing for this long is closed (the
     /// peer vanished or stopped). Must be at least twice `heartbeat_interval`.
     pub read_timeout: Duration,
-    /// A connection whose pending writes have not moved for this long is
-    /// closed (the peer stopped reading).
-    pub write_timeout: Duration,
+    /// A receiver tells each dialer how many of its messages it has
+    /// delivered at most this often (while messages arrive); what a dying
+    /// connection had written beyond that count is counted as dropped.
+    pub ack_interval: Duration,
     /// A dial that has not connected within this time fails.
     pub dial_timeout: Duration,
     /// An inbound connection that has not completed the handshake within
@@ -145,7 +146,7 @@ impl Config {
             reader_fairness_budget: 64,
             heartbeat_interval: Duration::from_millis(500),
             read_timeout: Duration::from_secs(3),
-            write_timeout: Duration::from_secs(5),
+            ack_interval: Duration::from_millis(10),
             dial_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(3),
             backoff_floor: Duration::from_millis(50),
@@ -208,7 +209,7 @@ impl Config {
         let durations = [
             ("heartbeat_interval", self.heartbeat_interval),
             ("read_timeout", self.read_timeout),
-            ("write_timeout", self.write_timeout),
+            ("ack_interval", self.ack_interval),
             ("dial_timeout", self.dial_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("backoff_floor", self.backoff_floor),

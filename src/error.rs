@@ -184,6 +184,9 @@ pub enum DropReason {
     TooLarge,
     /// The connection was down, or went down before the bytes were written.
     Unreachable,
+    /// Written to a connection that died before the receiver reported the
+    /// message delivered: maybe lost, maybe delivered (counted both ways).
+    InFlight,
     /// The peer was removed while the message was queued.
     Removed,
     /// The transport was stopped (before `send`, or while the message was
@@ -193,7 +196,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in stats order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::QueueFull,
         DropReason::UnknownPeer,
         DropReason::ToSelf,
@@ -201,6 +204,7 @@ impl DropReason {
         DropReason::Paused,
         DropReason::TooLarge,
         DropReason::Unreachable,
+        DropReason::InFlight,
         DropReason::Removed,
         DropReason::Stopped,
     ];
@@ -215,6 +219,7 @@ impl DropReason {
             DropReason::Paused => "paused",
             DropReason::TooLarge => "too_large",
             DropReason::Unreachable => "unreachable",
+            DropReason::InFlight => "in_flight",
             DropReason::Removed => "removed",
             DropReason::Stopped => "stopped",
         }
@@ -238,7 +243,8 @@ pub enum CloseReason {
     Io(io::ErrorKind),
     /// Nothing was received within `read_timeout`.
     ReadTimeout,
-    /// Pending writes did not move within `write_timeout`.
+    /// A snapshot connection's writes did not move within
+    /// `snapshot_progress_timeout`.
     WriteTimeout,
     /// The dial did not connect within `dial_timeout`.
     DialTimeout,
@@ -349,7 +355,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Eof => f.write_str("closed by peer"),
             CloseReason::Io(k) => write!(f, "I/O error: {k}"),
             CloseReason::ReadTimeout => f.write_str("nothing received within read_timeout"),
-            CloseReason::WriteTimeout => f.write_str("writes stalled past write_timeout"),
+            CloseReason::WriteTimeout => {
+                f.write_str("writes stalled past snapshot_progress_timeout")
+            }
             CloseReason::DialTimeout => f.write_str("dial timed out"),
             CloseReason::HandshakeTimeout => f.write_str("handshake timed out"),
             CloseReason::Replaced => f.write_str("replaced by a newer connection"),

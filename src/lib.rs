@@ -208,7 +208,8 @@
 //! | queue full, peer paused, message too large | dropped, counted per reason, logged (rate-limited), `report_unreachable` (coalesced) |
 //! | unknown peer, message to self | dropped, counted, debug log |
 //! | peer down | `report_unreachable`, redial with backoff; a restarted peer is back within the backoff cap |
-//! | connection silent past `read_timeout`, writes stuck past `write_timeout` | closed, peer inactive, redialed |
+//! | connection silent past `read_timeout` | closed, peer inactive, redialed |
+//! | peer alive but not reading (its caller does not drain) | backpressure: the send queue fills, drops counted and reported; the connection stays |
 //! | handshake rejected | both sides log the reason and count it; the dialer backs off; `report_rejected` |
 //! | garbage, bad checksum, oversize, truncated, undecodable | that connection closed, logged, counted; no one else affected |
 //! | snapshot short, long, corrupted, stalled, refused, peer lost | `report_snapshot(id, Failure)`, exactly once; the receiver's read fails |

@@ -248,14 +248,15 @@ impl Liveness {
         now: Instant,
         heartbeat: Duration,
         read_timeout: Duration,
-        write_timeout: Duration,
+        write_timeout: Option<Duration>,
     ) -> LivenessCheck {
         if now.saturating_duration_since(self.last_read) >= read_timeout {
             return LivenessCheck::ReadTimeout;
         }
-        if self.write_pending && now.saturating_duration_since(self.write_progress) >= write_timeout
-        {
-            return LivenessCheck::WriteTimeout;
+        if let Some(wt) = write_timeout {
+            if self.write_pending && now.saturating_duration_since(self.write_progress) >= wt {
+                return LivenessCheck::WriteTimeout;
+            }
         }
         if !self.write_pending && now.saturating_duration_since(self.last_write) >= heartbeat {
             return LivenessCheck::SendHeartbeat;
@@ -268,13 +269,13 @@ impl Liveness {
         &self,
         heartbeat: Duration,
         read_timeout: Duration,
-        write_timeout: Duration,
+        write_timeout: Option<Duration>,
     ) -> Instant {
         let read = self.last_read + read_timeout;
-        let other = if self.write_pending {
-            self.write_progress + write_timeout
-        } else {
-            self.last_write + heartbeat
+        let other = match (self.write_pending, write_timeout) {
+            (true, Some(wt)) => self.write_progress + wt,
+            (true, None) => read,
+            (false, _) => self.last_write + heartbeat,
         };
         read.min(other)
     }
@@ -440,7 +441,7 @@ mod tests {
     #[test]
     fn liveness_heartbeat_and_timeouts() {
         let t0 = Instant::now();
-        let (hb, rt, wt) = (100 * MS, 300 * MS, 500 * MS);
+        let (hb, rt, wt) = (100 * MS, 300 * MS, Some(500 * MS));
         let mut l = Liveness::new(t0);
         assert_eq!(l.check(t0, hb, rt, wt), LivenessCheck::Ok);
         assert_eq!(l.check(t0 + hb, hb, rt, wt), LivenessCheck::SendHeartbeat);
@@ -464,6 +465,11 @@ mod tests {
         );
         l.handle_written(t0 + 450 * MS, true);
         assert_eq!(l.check(t0 + 500 * MS, hb, rt, wt), LivenessCheck::Ok);
+        // Without a write deadline (lanes), stuck writes are backpressure.
+        assert_eq!(
+            l.check(t0 + 2000 * MS, hb, 5000 * MS, None),
+            LivenessCheck::Ok
+        );
     }
 
     #[test]

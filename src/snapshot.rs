@@ -2,7 +2,7 @@
 //! chunk by chunk and as a whole, in constant memory on both sides, and
 //! every send ends in exactly one `report_snapshot`.
 //!
-//! The sending side is a thread per snapshot ([`run_sender`]) that reads
+//! The sending side is a thread per snapshot (`run_sender`) that reads
 //! the caller's data source into chunk frames and hands them to the event
 //! loop, at most `snapshot_inflight_chunks` at a time. The receiving side
 //! hands the application an [`IncomingSnapshot`] whose [`SnapshotReader`]

@@ -429,7 +429,6 @@ fn defaults_table_matches_config() {
         ),
         ("heartbeat_interval", duration(c.heartbeat_interval)),
         ("read_timeout", duration(c.read_timeout)),
-        ("write_timeout", duration(c.write_timeout)),
         ("handshake_timeout", duration(c.handshake_timeout)),
         ("dial_timeout", duration(c.dial_timeout)),
         ("backoff_floor", duration(c.backoff_floor)),

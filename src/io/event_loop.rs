@@ -14,8 +14,8 @@ use crate::snapshot::{SnapEvent, SnapId};
 use crate::stats::{GlobalCounters, rate_limit};
 use crate::wire::AckStatus;
 use crate::wire::{
-    Deframer, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response, encode_frame,
-    heartbeat_frame,
+    Deframer, FRAME_HEADER_LEN, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response,
+    encode_frame, heartbeat_frame,
 };
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
@@ -92,11 +92,18 @@ enum Kind {
         deframer: Deframer,
         /// Set for a snapshot connection (not owned by a peer's lane).
         snap: Option<SnapOut>,
+        /// Messages written to the socket, and how many of them the
+        /// receiver has reported delivered: the difference is in flight,
+        /// and counted as dropped if the connection dies.
+        written: u64,
+        acked: u64,
     },
     Inbound {
         credit: Arc<Credit>,
         accepted: Option<(u64, Lane)>,
         read_paused: bool,
+        /// The delivered count last reported to the dialer.
+        acked: u64,
     },
 }
 
@@ -404,7 +411,9 @@ impl EventLoop {
         if let Some(mut p) = self.peers.remove(&id) {
             for lane in &mut p.lanes {
                 if let Some(c) = lane.conn.take() {
-                    self.drop_conn(c, Some((&lane.returns, why)));
+                    if let Some(c) = self.drop_conn(c, Some((&lane.returns, why))) {
+                        count_in_flight(&c, &p.link);
+                    }
                 }
                 for b in lane.held.drain(..) {
                     give_back(&lane.returns, b, Some(why));
@@ -546,6 +555,7 @@ impl EventLoop {
                                 credit: credit.clone(),
                                 accepted: None,
                                 read_paused: false,
+                                acked: 0,
                             },
                             out: VecDeque::new(),
                             out_pos: 0,
@@ -678,6 +688,8 @@ impl EventLoop {
                     response: Vec::with_capacity(RESPONSE_LEN),
                     deframer: Deframer::new(0),
                     snap,
+                    written: 0,
+                    acked: 0,
                 },
                 out: VecDeque::new(),
                 out_pos: 0,
@@ -781,6 +793,9 @@ impl EventLoop {
                                 continue; // rejected: discard
                             }
                             credit.inflight.fetch_add(n, SeqCst);
+                            self.next_timer = self
+                                .next_timer
+                                .min(Instant::now() + self.config.ack_interval);
                             let _ = self.reader_tx.send(ReaderMsg::Data {
                                 conn: id,
                                 bytes: self.scratch[..n].to_vec(),
@@ -813,6 +828,8 @@ impl EventLoop {
             response,
             deframer,
             snap,
+            written,
+            acked,
             ..
         } = &mut c.kind
         else {
@@ -846,7 +863,7 @@ impl EventLoop {
                         accepted = true;
                         // Frames from the acceptor: link heartbeats, and on a
                         // snapshot connection the one-byte verdict.
-                        *deframer = Deframer::new(if snap.is_some() { 1 } else { 0 });
+                        *deframer = Deframer::new(DELIVERED_LEN as u32);
                     }
                     Some(Ok(Response::Reject(r))) => {
                         rejected = Some(r);
@@ -863,6 +880,17 @@ impl EventLoop {
             while let Some(f) = cursor.next() {
                 match f {
                     Ok(f) if f.kind == FrameKind::Heartbeat && f.payload.is_empty() => {}
+                    Ok(f) if f.kind == FrameKind::Delivered && snap.is_none() => {
+                        match f.payload.try_into().map(u64::from_be_bytes) {
+                            Ok(n) if n <= *written => *acked = (*acked).max(n),
+                            _ => {
+                                result = Err(CloseReason::PeerMisbehaved(
+                                    ProtocolViolation::UnexpectedFrame,
+                                ));
+                                break 'read;
+                            }
+                        }
+                    }
                     Ok(f) if f.kind == FrameKind::SnapshotAck && snap.is_some() => {
                         match (AckStatus::decode(f.payload), snap.as_ref()) {
                             (Ok(status), Some(s)) => {
@@ -1021,11 +1049,17 @@ impl EventLoop {
                         written -= front_left;
                         c.out_pos = 0;
                         if let Some(Out::Batch(b)) = c.out.pop_front() {
-                            match &c.kind {
+                            match &mut c.kind {
                                 Kind::Outbound { snap: Some(s), .. } => {
                                     let _ = s.events.send(SnapEvent::Written(b.buf));
                                 }
-                                Kind::Outbound { peer, lane, .. } => {
+                                Kind::Outbound {
+                                    peer,
+                                    lane,
+                                    written,
+                                    ..
+                                } => {
+                                    *written += b.msgs as u64;
                                     if let Some(p) = self.peers.get(peer) {
                                         give_back(&p.lanes[lane.index()].returns, b, None);
                                     }
@@ -1050,7 +1084,7 @@ impl EventLoop {
             // The next heartbeat (or the write timeout) is counted from now.
             due = Some(
                 now + if pending {
-                    self.config.write_timeout
+                    self.config.snapshot_progress_timeout
                 } else {
                     self.config.heartbeat_interval
                 },
@@ -1094,6 +1128,7 @@ impl EventLoop {
                     addr = Some(a);
                 }
                 let _ = self.poll.registry().deregister(&mut c.sock);
+                count_in_flight(&c, &p.link);
                 for o in c.out.drain(..) {
                     if let Out::Batch(b) = o {
                         give_back(&l.returns, b, UNREACHABLE);
@@ -1157,17 +1192,21 @@ impl EventLoop {
     /// Drops an outbound connection without rescheduling (peer removed, or
     /// a finished snapshot), handing lane batches back unwritten so that the
     /// writer counts them.
-    fn drop_conn(&mut self, id: ConnId, returns: Option<(&Sender<Returned>, DropReason)>) {
-        if let Some(mut c) = self.conns.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut c.sock);
-            if let Some((returns, why)) = returns {
-                for o in c.out.drain(..) {
-                    if let Out::Batch(b) = o {
-                        give_back(returns, b, Some(why));
-                    }
+    fn drop_conn(
+        &mut self,
+        id: ConnId,
+        returns: Option<(&Sender<Returned>, DropReason)>,
+    ) -> Option<Conn> {
+        let mut c = self.conns.remove(&id)?;
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if let Some((returns, why)) = returns {
+            for o in c.out.drain(..) {
+                if let Out::Batch(b) = o {
+                    give_back(returns, b, Some(why));
                 }
             }
         }
+        Some(c)
     }
 
     /// Ends a snapshot connection with a failure the sender is told of.
@@ -1299,9 +1338,12 @@ impl EventLoop {
                 }
                 continue;
             }
+            // A lane whose writes are stuck while its peer keeps sending
+            // heartbeats is backpressure, not failure: the queue fills and
+            // drops are reported. Only a snapshot has a write deadline.
             let write_timeout = match c.kind {
-                Kind::Outbound { snap: Some(_), .. } => cfg.snapshot_progress_timeout,
-                _ => cfg.write_timeout,
+                Kind::Outbound { snap: Some(_), .. } => Some(cfg.snapshot_progress_timeout),
+                _ => None,
             };
             if let Kind::Inbound {
                 read_paused: true, ..
@@ -1309,6 +1351,28 @@ impl EventLoop {
             {
                 // Silence while we are not reading is ours, not the peer's.
                 c.liveness.handle_read(now);
+            }
+            if let Kind::Inbound {
+                credit,
+                accepted: Some((_, lane)),
+                acked,
+                ..
+            } = &mut c.kind
+            {
+                // Tell the dialer how many of its messages are delivered,
+                // so that only the rest counts as lost if this connection
+                // dies. Keep looking while read bytes wait for the reader.
+                let delivered = credit.delivered.load(Relaxed);
+                if *lane != Lane::Snapshot && delivered != *acked {
+                    *acked = delivered;
+                    c.out
+                        .push_back(Out::Control(Control::new(&delivered_frame(delivered))));
+                    c.liveness.handle_queued(now);
+                    self.dirty.push(id);
+                }
+                if credit.inflight.load(Relaxed) > 0 || delivered != *acked {
+                    next = next.min(now + cfg.ack_interval);
+                }
             }
             let check =
                 c.liveness
@@ -1381,6 +1445,40 @@ impl EventLoop {
         }
         let _ = self.poll.registry().deregister(&mut self.listener);
         debug!("node {}: event loop stopped", self.config.node_id);
+    }
+}
+
+/// Bytes of a `delivered` frame's payload.
+const DELIVERED_LEN: usize = 8;
+
+/// A `delivered` frame: the count of messages delivered so far.
+fn delivered_frame(n: u64) -> [u8; FRAME_HEADER_LEN + DELIVERED_LEN] {
+    let mut out = [0u8; FRAME_HEADER_LEN + DELIVERED_LEN];
+    let mut v = Vec::with_capacity(out.len());
+    // An 8-byte payload always fits.
+    let _ = encode_frame(&mut v, FrameKind::Delivered, u32::MAX, |b| {
+        b.extend_from_slice(&n.to_be_bytes())
+    });
+    out.copy_from_slice(&v);
+    out
+}
+
+/// Counts what a dying lane connection had written but the receiver had not
+/// reported delivered: maybe lost, so counted as dropped (possibly twice,
+/// if it did arrive after the last report).
+fn count_in_flight(c: &Conn, link: &PeerLink) {
+    if let Kind::Outbound {
+        lane,
+        written,
+        acked,
+        snap: None,
+        ..
+    } = c.kind
+    {
+        if written > acked {
+            link.counters
+                .count_drop(lane, DropReason::InFlight, written - acked);
+        }
     }
 }
 

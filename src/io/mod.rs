@@ -145,6 +145,9 @@ impl LoopHandle {
 pub(crate) struct Credit {
     pub inflight: AtomicUsize,
     pub paused: AtomicBool,
+    /// Messages of this connection the reader has delivered (or dropped
+    /// and counted itself): what the loop acknowledges to the sender.
+    pub delivered: AtomicU64,
 }
 
 /// Messages from the loop to the reader, about inbound connections.

@@ -174,6 +174,10 @@ struct InConn {
     queued: bool,
     /// Set on the snapshot lane.
     snap: Option<SnapIn>,
+    /// An older connection of the same sender and lane that still has
+    /// frames to deliver: this one waits, so that order holds across a
+    /// reconnection.
+    behind: Option<ConnId>,
 }
 
 pub(crate) struct Reader<M: Message> {
@@ -268,6 +272,7 @@ impl<M: Message> Reader<M> {
                         closed: None,
                         queued: false,
                         snap: None,
+                        behind: None,
                     },
                 );
             }
@@ -306,6 +311,12 @@ impl<M: Message> Reader<M> {
             return Ok(());
         };
         c.queued = false;
+        if c.behind.is_some_and(|old| self.conns.contains_key(&old)) {
+            // Woken when the older connection finishes.
+            self.conns.insert(id, c);
+            return Ok(());
+        }
+        c.behind = None;
         if c.closed.is_some() {
             // A stream cut short is a failed snapshot: nothing waits for
             // its parked chunk any more.
@@ -354,6 +365,16 @@ impl<M: Message> Reader<M> {
         if c.chunks.is_empty() {
             if let Some(reason) = c.closed.take() {
                 self.finish(id, &c, reason);
+                // Let a newer connection of the same sender and lane go on.
+                for (&next, n) in self.conns.iter_mut() {
+                    if n.behind == Some(id) {
+                        n.behind = None;
+                        if !n.queued {
+                            n.queued = true;
+                            self.ready.push_back(next);
+                        }
+                    }
+                }
                 return Ok(());
             }
         } else {
@@ -402,6 +423,11 @@ impl<M: Message> Reader<M> {
             *off = chunk.len();
             return Ok(Flow::Go);
         };
+        if c.behind.is_some() {
+            // Just accepted while an older connection of the same sender
+            // and lane still delivers: wait for it.
+            return Ok(Flow::Park);
+        }
         let looked_up;
         let peer = match peer {
             Some(p) => Some(p),
@@ -427,6 +453,9 @@ impl<M: Message> Reader<M> {
                 Ok(None) => {}
                 Ok(Some((m, size))) => {
                     let counters = peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers);
+                    // Accounted for here from now on, whatever happens
+                    // next: the sender may stop counting it as in flight.
+                    c.credit.delivered.fetch_add(1, Relaxed);
                     if peer.is_some_and(|p| p.paused.load(Relaxed)) {
                         counters.received_dropped_paused.fetch_add(1, Relaxed);
                         continue;
@@ -772,6 +801,16 @@ impl<M: Message> Reader<M> {
                     from: hello.from,
                     lane,
                 };
+                if lane != Lane::Snapshot {
+                    c.behind = self
+                        .conns
+                        .iter()
+                        .find(|(_, o)| {
+                            matches!(o.state, State::Open { from: f, lane: l }
+                                if f == hello.from && l == lane)
+                        })
+                        .map(|(&old, _)| old);
+                }
                 self.loop_handle.send(LoopCmd::Accept {
                     conn: id,
                     from: hello.from,

@@ -35,6 +35,9 @@ pub enum FrameKind {
     SnapshotEnd = 5,
     /// The receiver's verdict on a snapshot stream.
     SnapshotAck = 6,
+    /// How many messages of this connection the receiver has delivered
+    /// (u64, cumulative), sent back to the dialer of a lane.
+    Delivered = 7,
 }
 
 impl FrameKind {
@@ -47,6 +50,7 @@ impl FrameKind {
             FrameKind::SnapshotChunk => "snapshot_chunk",
             FrameKind::SnapshotEnd => "snapshot_end",
             FrameKind::SnapshotAck => "snapshot_ack",
+            FrameKind::Delivered => "delivered",
         }
     }
 
@@ -59,6 +63,7 @@ impl FrameKind {
             4 => Some(FrameKind::SnapshotChunk),
             5 => Some(FrameKind::SnapshotEnd),
             6 => Some(FrameKind::SnapshotAck),
+            7 => Some(FrameKind::Delivered),
             _ => None,
         }
     }

@@ -17,7 +17,6 @@ pub fn config(id: u64) -> Config {
     c.cluster_id = 7;
     c.heartbeat_interval = Duration::from_millis(50);
     c.read_timeout = Duration::from_millis(500);
-    c.write_timeout = Duration::from_millis(1000);
     c.dial_timeout = Duration::from_millis(500);
     c.handshake_timeout = Duration::from_millis(500);
     c.backoff_floor = Duration::from_millis(10);
