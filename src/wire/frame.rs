@@ -283,6 +283,8 @@ pub struct Cursor<'d, 'i> {
 
 impl<'d, 'i> Cursor<'d, 'i> {
     /// Input bytes not yet looked at (left when the caller stops early).
+    /// After the decoder has failed, a new cursor reports its whole input
+    /// as remaining: nothing of it will be looked at.
     pub fn remaining(&self) -> usize {
         self.input.len()
     }
