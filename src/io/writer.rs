@@ -62,8 +62,16 @@ impl<M: Message> Writer<M> {
 
     pub fn run(mut self) {
         let reason = loop {
+            // Busy path: take spent buffers and the next message without
+            // the cost of a blocking select; block only when idle or full.
+            while let Ok(r) = self.ctx.returns.try_recv() {
+                let buf = self.account(r);
+                self.keep_spare(buf);
+            }
             let waited = if self.inflight >= self.ctx.config.max_inflight_batches {
                 self.wait_returned()
+            } else if let Ok(m) = self.ctx.queue.try_recv() {
+                Wait::Msg(m)
             } else {
                 self.wait_any()
             };
