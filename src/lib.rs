@@ -221,6 +221,120 @@
 //!
 //! The protocol is in `docs/PROTOCOL.md`; the pure codec is the [`wire`]
 //! module (no sockets, no threads, no clocks).
+//!
+//! # 10. raft-rs
+//!
+//! With the cargo feature `raft-rs`, raft-rs's `raft::eraftpb::Message`
+//! implements [`Message`], so a `Transport<raft::eraftpb::Message>` moves
+//! raft-rs messages as they are: `MsgAppend` on the append lane,
+//! `MsgSnapshot` on the snapshot path of section 6 (its data inline; it
+//! arrives on [`messages`](Transport::messages) once complete, and the
+//! sender's reporter gets exactly one `report_snapshot`), `MsgPropose` on
+//! the leader's [`proposals`](Transport::proposals) channel, the rest on
+//! the message lane; the local-only types (`MsgHup`, `MsgBeat`, …) are
+//! refused. The module `raft_rs` has the details, and
+//! `raft_rs::apply_report`, which turns the transport's [`ReportEvent`]s
+//! into `RawNode::report_unreachable` and `RawNode::report_snapshot`
+//! calls: everything raft needs to hear about what the network did.
+//!
+//! The thread that owns the `RawNode` steps what arrives, ticks, applies the
+//! reports, and handles each `Ready` in the order raft-rs 0.7 requires.
+//! Three of its fields go to [`send`](Transport::send), at three different
+//! moments:
+//!
+//! 1. `ready.take_messages()`: at once, before anything is persisted (a
+//!    leader's appends and heartbeats go out while it writes its own log);
+//! 2. `ready.take_persisted_messages()`: only after the `Ready`'s entries
+//!    and hard state are persisted (votes and append responses promise that
+//!    they are);
+//! 3. `light_ready.take_messages()`: after `advance`.
+//!
+//! A one-node cluster, so that the example runs on its own; members of a
+//! real cluster are added with [`add_peer`](Transport::add_peer), and
+//! `examples/cluster.rs` is the same loop for three nodes, with snapshots
+//! and compaction.
+//!
+//! ```
+//! # #[cfg(feature = "raft-rs")] mod tutorial {
+//! use crossbeam_channel::{select, tick};
+//! use raft::eraftpb::{ConfState, Entry, Message};
+//! use raft::{RawNode, StateRole, storage::MemStorage};
+//! use raftwire::{ChannelReporter, Config, Transport, raft_rs::apply_report};
+//! use std::time::Duration;
+//!
+//! /// One `Ready`, in raft-rs 0.7's order.
+//! fn on_ready(node: &mut RawNode<MemStorage>, t: &Transport<Message>, kv: &mut Vec<Entry>) {
+//!     if !node.has_ready() {
+//!         return;
+//!     }
+//!     let store = node.store().clone();
+//!     let mut rd = node.ready();
+//!     // Messages that need nothing persisted first: send them now.
+//!     t.send(rd.take_messages());
+//!     // A snapshot from the leader replaces the log (and the state machine,
+//!     // from its data: MemStorage keeps no state machine, so a real node
+//!     // serves snapshots from a Storage that puts it in `data`).
+//!     if !rd.snapshot().is_empty() {
+//!         store.wl().apply_snapshot(rd.snapshot().clone()).unwrap();
+//!     }
+//!     // Committed entries (persisted by earlier Readies): apply them.
+//!     kv.extend(rd.take_committed_entries());
+//!     // Persist the new entries and the hard state…
+//!     store.wl().append(rd.entries()).unwrap();
+//!     if let Some(hs) = rd.hs() {
+//!         store.wl().set_hardstate(hs.clone());
+//!     }
+//!     // …and only then send the messages that promise they are persisted.
+//!     t.send(rd.take_persisted_messages());
+//!     // The light ready: a commit index, more messages, more to apply.
+//!     let mut light = node.advance(rd);
+//!     if let Some(commit) = light.commit_index() {
+//!         store.wl().mut_hard_state().set_commit(commit);
+//!     }
+//!     t.send(light.take_messages());
+//!     kv.extend(light.take_committed_entries());
+//!     node.advance_apply();
+//! }
+//!
+//! pub fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let (reporter, events) = ChannelReporter::new();
+//!     let t: Transport<Message> = Transport::start(Config::new(1, "127.0.0.1:0".parse()?), reporter)?;
+//!     let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1], vec![])));
+//!     let config = raft::Config { id: 1, ..Default::default() };
+//!     let logger = slog::Logger::root(slog::Discard, slog::o!()); // or raft::default_logger()
+//!     let mut node = RawNode::new(&config, storage, &logger)?;
+//!     node.campaign()?; // alone, it wins at once; a real cluster elects after ticks
+//!
+//!     let ticker = tick(Duration::from_millis(100));
+//!     let mut applied = Vec::new();
+//!     let mut proposed = false;
+//!     while !applied.iter().any(|e: &Entry| e.data.as_ref() == b"x=1") {
+//!         select! {
+//!             // Errors from step are raft's to judge (a response from a
+//!             // node that is no longer a member, say): nothing to do.
+//!             recv(t.messages()) -> m => { let _ = node.step(m?); }
+//!             recv(t.proposals()) -> m => { let _ = node.step(m?); }
+//!             // Unreachable → report_unreachable, Snapshot →
+//!             // report_snapshot; a rejection's reason comes back.
+//!             recv(events) -> ev => { apply_report(&mut node, ev?); }
+//!             recv(ticker) -> _ => { node.tick(); }
+//!             default(Duration::from_millis(10)) => {}
+//!         }
+//!         if node.raft.state == StateRole::Leader && !proposed {
+//!             node.propose(vec![], b"x=1".to_vec())?;
+//!             proposed = true;
+//!         }
+//!         on_ready(&mut node, &t, &mut applied);
+//!     }
+//!     t.stop();
+//!     Ok(())
+//! }
+//! # }
+//! # fn main() {
+//! #     #[cfg(feature = "raft-rs")]
+//! #     tutorial::main().unwrap();
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod config;
@@ -228,6 +342,8 @@ pub mod error;
 mod io;
 pub mod message;
 mod peer;
+#[cfg(feature = "raft-rs")]
+pub mod raft_rs;
 pub mod reporter;
 pub mod snapshot;
 pub mod stats;

@@ -8,7 +8,7 @@
 //! | `MessageType` | [`MessageClass`] | travels on | delivered on |
 //! |---|---|---|---|
 //! | `MsgAppend` | [`Append`](MessageClass::Append) | append lane | [`messages()`](crate::Transport::messages) |
-//! | `MsgSnapshot` | [`Snapshot`](MessageClass::Snapshot) | the snapshot path ([`MessageClass::Snapshot`]) | `messages()` |
+//! | `MsgSnapshot` | [`Snapshot`](MessageClass::Snapshot) | a snapshot connection of its own | `messages()`, once complete |
 //! | `MsgPropose` | [`Proposal`](MessageClass::Proposal) | message lane | [`proposals()`](crate::Transport::proposals) |
 //! | everything else | [`Other`](MessageClass::Other) | message lane | `messages()` |
 //!
@@ -35,7 +35,17 @@
 //! a message without a type decodes as type 0, `MsgHup`, which is
 //! local-only and so is dropped and counted, never stepped.
 //!
-//! The crate-level tutorial (section 9) shows the whole `RawNode` loop;
+//! A `MsgSnapshot` passed to [`send`](crate::Transport::send) carries the
+//! snapshot's data inline and takes the transport's snapshot path (crate
+//! docs, section 6): it never waits behind appends or delays heartbeats,
+//! and the sender's reporter gets exactly one `report_snapshot(to, Finish
+//! or Failure)` for it, which [`apply_report`] hands to raft. Its size is
+//! bounded by [`Config::max_inline_snapshot_len`](crate::Config::max_inline_snapshot_len)
+//! (a larger one fails, and is reported so). raft-rs's `MemStorage` puts
+//! no data in its snapshots: a node serves them from a `Storage` that
+//! holds its state machine (see `examples/cluster.rs`).
+//!
+//! The crate-level tutorial (section 10) shows the whole `RawNode` loop;
 //! [`apply_report`] is where the transport's reports reach raft.
 
 use crate::message::{DecodeError, Message, MessageClass};
@@ -240,8 +250,10 @@ mod tests {
             m.mut_entries().push(e);
         }
         if t == MessageType::MsgSnapshot {
-            let mut s = Snapshot::default();
-            s.data = vec![0xAB; 1000].into();
+            let mut s = Snapshot {
+                data: vec![0xAB; 1000].into(),
+                ..Default::default()
+            };
             let md = s.mut_metadata();
             md.index = 90;
             md.term = 5;

@@ -331,8 +331,14 @@ impl<M: Message> Transport<M> {
     /// Queues one message, or gives it back with the reason it cannot be
     /// queued. A refused message is not counted as a drop and not reported:
     /// the caller has it back.
+    /// A snapshot-class message starts its snapshot stream (see
+    /// [`send_snapshot`](Transport::send_snapshot)); `Full` then means
+    /// `max_outgoing_snapshots` are already in flight.
     pub fn try_send(&self, msg: M) -> Result<(), SendError<M>> {
         let peers = self.inner.peers.read().unwrap_or_else(|e| e.into_inner());
+        if msg.class() == MessageClass::Snapshot {
+            return start_inline_snapshot(&self.inner, &peers, msg);
+        }
         enqueue(&self.inner, &peers, msg)
     }
 
@@ -810,6 +816,7 @@ fn enqueue<M: Message>(
         return Err(SendError::TooLarge(m));
     }
     let lane = m.class().lane();
+    debug_assert!(lane != Lane::Snapshot, "snapshots are never queued");
     let q = &peer.lanes[lane.index()];
     let queued = &peer.counters().lane(lane).queued_bytes;
     let before = queued.fetch_add(len, AcqRel);

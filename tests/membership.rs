@@ -995,3 +995,26 @@ fn concurrent_senders_through_clones_deliver_everything_in_order() {
         THREADS * PER_THREAD
     );
 }
+
+#[test]
+fn removing_a_peer_closes_its_inbound_connections_so_a_removed_member_is_refused() {
+    let nodes = cluster(&[1, 2]);
+    // Node 1 learns that 2 was removed, and forgets it.
+    nodes[0].reporter.mark_removed(2);
+    nodes[0].t.remove_peer(2).unwrap();
+    // Node 2's open connections to node 1 were closed; its redials are
+    // refused as a removed member.
+    wait_event(&nodes[1].events, 5, |e| {
+        *e == ReportEvent::Rejected(1, raftwire::RejectReason::RemovedMember)
+    });
+    assert!(nodes[1].t.active_since(1).is_none());
+    nodes[1].t.send([env(1, 2, Other, b"ignored")]);
+    assert!(
+        nodes[0]
+            .t
+            .messages()
+            .recv_timeout(Duration::from_millis(300))
+            .is_err()
+    );
+    assert!(nodes[0].t.stats().inbound_rejected >= 1);
+}

@@ -629,3 +629,21 @@ fn a_snapshot_slower_than_the_minimum_rate_fails() {
     assert!(reader.join().unwrap().is_err());
     wait_settled(&nodes);
 }
+
+#[test]
+fn try_send_of_a_snapshot_message_takes_the_snapshot_path() {
+    let nodes = cluster(&[1, 2]);
+    let m = Envelope::new(2, 1, MessageClass::Snapshot, vec![9; 100_000]);
+    nodes[0].t.try_send(m.clone()).unwrap();
+    assert_eq!(recv_n(nodes[1].t.messages(), 1, 5), vec![m]);
+    assert_eq!(
+        snapshot_reports(&nodes[0].events, 2, 5),
+        vec![SnapshotStatus::Finish]
+    );
+    // Refusals give the message back.
+    let to_nobody = Envelope::new(9, 1, MessageClass::Snapshot, vec![1]);
+    assert!(matches!(
+        nodes[0].t.try_send(to_nobody),
+        Err(raftwire::SendError::UnknownPeer(_))
+    ));
+}

@@ -408,6 +408,17 @@ impl EventLoop {
     /// Forgets a peer; its batches go back to the writers as dropped for
     /// `why` (`Removed`, or `Stopped` at shutdown).
     fn remove_peer(&mut self, id: u64, why: DropReason) {
+        // Its inbound connections go too: a removed member must redial,
+        // and then `is_id_removed` can refuse it.
+        let inbound: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.kind, Kind::Inbound { accepted: Some((from, _)), .. } if from == id))
+            .map(|(cid, _)| *cid)
+            .collect();
+        for cid in inbound {
+            self.close_inbound(cid, CloseReason::PeerRemoved);
+        }
         if let Some(mut p) = self.peers.remove(&id) {
             for lane in &mut p.lanes {
                 if let Some(c) = lane.conn.take() {
