@@ -807,10 +807,18 @@ impl EventLoop {
                             self.next_timer = self
                                 .next_timer
                                 .min(Instant::now() + self.config.ack_interval);
-                            let _ = self.reader_tx.send(ReaderMsg::Data {
-                                conn: id,
-                                bytes: self.scratch[..n].to_vec(),
-                            });
+                            // A mostly full read is handed over as it is (no
+                            // copy); a small one is copied out to its size,
+                            // so that buffered bytes stay close to `inflight`.
+                            let bytes = if n >= self.scratch.len() / 2 {
+                                let fresh = vec![0u8; self.config.read_chunk_len];
+                                let mut full = std::mem::replace(&mut self.scratch, fresh);
+                                full.truncate(n);
+                                full
+                            } else {
+                                self.scratch[..n].to_vec()
+                            };
+                            let _ = self.reader_tx.send(ReaderMsg::Data { conn: id, bytes });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

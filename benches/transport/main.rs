@@ -1,0 +1,548 @@
+//! The transport benchmarks of BENCH.md: W1, W2, W3-idle, W3-load, W4 and
+//! the raw-TCP baseline (RAW), plus a throughput-vs-payload-size curve for
+//! raftwire and RAW. BENCHMARKS.md has the method and the results.
+//!
+//! ```text
+//! cargo bench --bench transport -- [--runs N] [--quick] [--only LIST]
+//!     [--json FILE] [--markdown FILE] [--svg FILE] [--quiet-wait SECS]
+//!     [--from FILE] [--list]
+//! ```
+//!
+//! The parent process runs every measurement in a fresh child process (this
+//! same executable with `--child JOB`), run after run, interleaving raftwire
+//! and RAW so that machine noise falls on both. Each child prints its raw
+//! values; the parent reports the median of the runs with min and max as
+//! BENCH.md's JSON lines (stdout, and `--json FILE`), then a Markdown table
+//! with every raftwire figure as a ratio to RAW from the same invocation and
+//! BENCH.md's targets (stdout, and `--markdown FILE`), and draws the curve
+//! (`--svg FILE`). `--from FILE` redraws table and plot from saved JSON
+//! lines without measuring.
+
+mod common;
+mod pair;
+mod raw_tcp;
+mod report;
+mod svg;
+
+use raftwire::Envelope;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// W1's message: BENCH.md asks for a raft `MsgAppend` with one 128-byte
+/// entry where the raft-rs feature is on, an `Envelope` otherwise. Every
+/// other workload sends `Envelope`s.
+#[cfg(feature = "raft-rs")]
+pub type W1Msg = raft::eraftpb::Message;
+#[cfg(not(feature = "raft-rs"))]
+pub type W1Msg = Envelope;
+
+/// Payload sizes of the throughput-vs-size curve.
+pub const CURVE_SIZES: [usize; 6] = [64, 512, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
+
+/// The sizes and durations of every workload.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    pub w1_payload: usize,
+    pub w1_warmup: u64,
+    pub w1_count: u64,
+    pub w2_payload: usize,
+    pub w2_warmup: u64,
+    pub w2_count: u64,
+    pub hb_period: Duration,
+    pub hb_interval: Duration,
+    /// W4: bytes in the snapshot.
+    pub w4_size: u64,
+    /// Curve points: untimed warm-up that measures the rate…
+    pub curve_pilot: Duration,
+    /// …from which the timed count is chosen to take about this long…
+    pub curve_target: Duration,
+    /// …within this much payload built up front.
+    pub curve_max_bytes: u64,
+}
+
+impl Scale {
+    /// BENCH.md's workloads.
+    fn full() -> Scale {
+        Scale {
+            w1_payload: 128,
+            w1_warmup: 10_000,
+            w1_count: 1_000_000,
+            w2_payload: 1 << 20,
+            w2_warmup: 20,
+            w2_count: 2_000,
+            hb_period: Duration::from_secs(2),
+            hb_interval: Duration::from_millis(1),
+            w4_size: 512 << 20,
+            curve_pilot: Duration::from_millis(150),
+            curve_target: Duration::from_millis(750),
+            curve_max_bytes: 3 << 29,
+        }
+    }
+
+    /// A smoke run: a tenth of the messages, shorter periods. Not BENCH.md.
+    fn quick() -> Scale {
+        Scale {
+            w1_count: 100_000,
+            w2_count: 200,
+            hb_period: Duration::from_millis(500),
+            w4_size: 64 << 20,
+            curve_pilot: Duration::from_millis(50),
+            curve_target: Duration::from_millis(200),
+            curve_max_bytes: 1 << 28,
+            ..Scale::full()
+        }
+    }
+}
+
+/// One throughput measurement: a payload size and how many messages.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub payload_len: usize,
+    pub run: Run,
+}
+
+#[derive(Debug, Clone)]
+pub enum Run {
+    /// Fixed counts (W1, W2): warm-up, then the timed messages.
+    Fixed { warmup: u64, count: u64 },
+    /// Curve points: a warm-up of `pilot` that measures the rate, then
+    /// enough messages to take about `target`, at most `max_bytes` of them.
+    Sized {
+        pilot: Duration,
+        target: Duration,
+        max_bytes: u64,
+    },
+}
+
+impl Plan {
+    /// The timed count for a curve point, from the pilot's steady-state
+    /// delivery rate (`delivered` messages in `took`, measured over the
+    /// pilot's last two thirds, after the cold start).
+    pub fn sized_count(
+        &self,
+        delivered: u64,
+        took: Duration,
+        target: Duration,
+        max_bytes: u64,
+    ) -> u64 {
+        let rate = delivered as f64 / took.as_secs_f64().max(1e-6);
+        let cap = (max_bytes / self.payload_len.max(1) as u64).max(16);
+        ((rate * target.as_secs_f64()) as u64).clamp(16, cap)
+    }
+}
+
+/// Watches deliveries during a pilot: the rate is taken from one third of
+/// the pilot on, when the connections and allocators are warm.
+pub struct Pilot {
+    start: Instant,
+    pilot: Duration,
+    mark: Option<(Instant, u64)>,
+}
+
+impl Pilot {
+    pub fn new(pilot: Duration) -> Pilot {
+        Pilot {
+            start: Instant::now(),
+            pilot,
+            mark: None,
+        }
+    }
+
+    /// Whether the pilot is still running (at least 16 messages are sent);
+    /// `delivered` is the consumer's count now.
+    pub fn running(&mut self, sent: u64, delivered: impl FnOnce() -> u64) -> bool {
+        let t = self.start.elapsed();
+        if self.mark.is_none() && t >= self.pilot / 3 {
+            self.mark = Some((Instant::now(), delivered()));
+        }
+        sent < 16 || t < self.pilot
+    }
+
+    /// Deliveries per `took` since the mark (or since the start, if too few).
+    pub fn rate(&self, delivered_now: u64, total_sent: u64) -> (u64, Duration) {
+        match self.mark {
+            Some((at, d)) if delivered_now >= d + 8 => (delivered_now - d, at.elapsed()),
+            _ => (total_sent, self.start.elapsed()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    W1,
+    W2,
+    W3Idle,
+    W3Load,
+    W4,
+    /// A point of the curve: payload size in bytes.
+    Curve(usize),
+}
+
+impl Workload {
+    pub fn name(self) -> String {
+        match self {
+            Workload::W1 => "w1".into(),
+            Workload::W2 => "w2".into(),
+            Workload::W3Idle => "w3-idle".into(),
+            Workload::W3Load => "w3-load".into(),
+            Workload::W4 => "w4".into(),
+            Workload::Curve(size) => format!("curve-{}", size_name(size)),
+        }
+    }
+}
+
+/// `64B`, `4KiB`, `1MiB`.
+pub fn size_name(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{}MiB", s >> 20),
+        s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{}KiB", s >> 10),
+        s => format!("{s}B"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Job {
+    imp: &'static str,
+    workload: Workload,
+}
+
+impl Job {
+    fn name(self) -> String {
+        format!("{}:{}", self.imp, self.workload.name())
+    }
+
+    /// Runs the measurement in this process (the child's side).
+    fn run(self, scale: &Scale) -> Result<(), Box<dyn std::error::Error>> {
+        let w = self.workload.name();
+        let fixed = |payload_len, warmup, count| Plan {
+            payload_len,
+            run: Run::Fixed { warmup, count },
+        };
+        let plan = match self.workload {
+            Workload::W1 => fixed(scale.w1_payload, scale.w1_warmup, scale.w1_count),
+            Workload::W2 => fixed(scale.w2_payload, scale.w2_warmup, scale.w2_count),
+            Workload::Curve(size) => Plan {
+                payload_len: size,
+                run: Run::Sized {
+                    pilot: scale.curve_pilot,
+                    target: scale.curve_target,
+                    max_bytes: scale.curve_max_bytes,
+                },
+            },
+            Workload::W3Idle => return pair::w3_idle::<Envelope>(&w, scale),
+            Workload::W3Load => return pair::w3_load::<Envelope>(&w, scale),
+            Workload::W4 => return pair::w4(&w, scale),
+        };
+        match (self.imp, self.workload) {
+            (raw_tcp::IMPL, _) => raw_tcp::run(&w, &plan)?,
+            (_, Workload::W1) => pair::throughput::<W1Msg>(&w, &plan)?,
+            _ => pair::throughput::<Envelope>(&w, &plan)?,
+        }
+        Ok(())
+    }
+}
+
+/// Every job, in the order one run executes them.
+fn all_jobs() -> Vec<Job> {
+    let rw = |workload| Job {
+        imp: pair::IMPL,
+        workload,
+    };
+    let raw = |workload| Job {
+        imp: raw_tcp::IMPL,
+        workload,
+    };
+    let mut jobs = vec![
+        raw(Workload::W1),
+        rw(Workload::W1),
+        raw(Workload::W2),
+        rw(Workload::W2),
+        rw(Workload::W3Idle),
+        rw(Workload::W3Load),
+        rw(Workload::W4),
+    ];
+    for size in CURVE_SIZES {
+        jobs.push(raw(Workload::Curve(size)));
+        jobs.push(rw(Workload::Curve(size)));
+    }
+    jobs
+}
+
+#[derive(Debug, Default)]
+struct Args {
+    runs: usize,
+    quick: bool,
+    only: Vec<String>,
+    json: Option<String>,
+    markdown: Option<String>,
+    svg: Option<String>,
+    from: Option<String>,
+    child: Option<String>,
+    list: bool,
+    /// Before each job, wait up to this long for the machine to be idle.
+    quiet_wait: Option<Duration>,
+}
+
+const USAGE: &str = "usage: cargo bench --bench transport -- [--runs N] [--quick] \
+[--only w1,w2,w3,curve,raw-tcp,...] [--json FILE] [--markdown FILE] [--svg FILE] \
+[--quiet-wait SECS] [--from FILE] [--list]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        runs: 3,
+        ..Args::default()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--runs" => {
+                a.runs = value("--runs")?
+                    .parse()
+                    .map_err(|e| format!("--runs: {e}"))?
+            }
+            "--quick" => a.quick = true,
+            "--only" => {
+                a.only = value("--only")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            }
+            "--json" => a.json = Some(value("--json")?),
+            "--markdown" => a.markdown = Some(value("--markdown")?),
+            "--svg" => a.svg = Some(value("--svg")?),
+            "--from" => a.from = Some(value("--from")?),
+            "--child" => a.child = Some(value("--child")?),
+            "--list" => a.list = true,
+            "--quiet-wait" => {
+                let secs: f64 = value("--quiet-wait")?
+                    .parse()
+                    .map_err(|e| format!("--quiet-wait: {e}"))?;
+                a.quiet_wait = Some(Duration::from_secs_f64(secs));
+            }
+            // cargo bench passes --bench to harness = false targets.
+            "--bench" => {}
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if a.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let scale = if args.quick {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
+    if let Some(name) = &args.child {
+        let Some(job) = all_jobs().into_iter().find(|j| j.name() == *name) else {
+            eprintln!("unknown job {name}");
+            return ExitCode::from(2);
+        };
+        return match job.run(&scale) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let jobs: Vec<Job> = all_jobs()
+        .into_iter()
+        .filter(|j| args.only.is_empty() || args.only.iter().any(|o| j.name().contains(o)))
+        .collect();
+    if args.list {
+        for j in &jobs {
+            println!("{}", j.name());
+        }
+        return ExitCode::SUCCESS;
+    }
+    match parent(&args, &jobs) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every job `runs` times, each in a fresh child, then reports.
+/// Returns whether every child succeeded.
+fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let aggs = if let Some(path) = &args.from {
+        report::read_jsonl(&std::fs::read_to_string(path)?)
+    } else {
+        eprintln!(
+            "raftwire transport benchmarks: {} job(s) x {} run(s){}, {cores} cores",
+            jobs.len(),
+            args.runs,
+            if args.quick {
+                " (QUICK: reduced sizes, not BENCH.md)"
+            } else {
+                ""
+            }
+        );
+        if args.runs < 3 {
+            eprintln!("note: BENCH.md asks for the median of at least 3 runs");
+        }
+        let exe = std::env::current_exe()?;
+        let mut values: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+        let mut order: Vec<(String, String, String)> = Vec::new();
+        let mut ok = true;
+        let mut busy_seen = Vec::new();
+        for run in 1..=args.runs {
+            for job in jobs {
+                let busy = wait_quiet(args.quiet_wait);
+                busy_seen.push(busy);
+                let t0 = Instant::now();
+                let mut cmd = Command::new(&exe);
+                cmd.arg("--child").arg(job.name());
+                if args.quick {
+                    cmd.arg("--quick");
+                }
+                let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+                let out = child.stdout.take().expect("piped stdout");
+                for line in BufReader::new(out).lines() {
+                    let line = line?;
+                    if let Some(r) = line.strip_prefix(common::RESULT_TAG) {
+                        let f: Vec<&str> = r.split(' ').collect();
+                        if let [imp, w, metric, v] = f[..] {
+                            let key = (imp.to_string(), w.to_string(), metric.to_string());
+                            if !values.contains_key(&key) {
+                                order.push(key.clone());
+                            }
+                            values
+                                .entry(key)
+                                .or_default()
+                                .push(v.parse().unwrap_or(f64::NAN));
+                        }
+                    } else if let Some(i) = line.strip_prefix(common::INFO_TAG) {
+                        if run == 1 {
+                            eprintln!("    {i}");
+                        }
+                    } else {
+                        eprintln!("    {line}");
+                    }
+                }
+                let status = child.wait()?;
+                eprintln!(
+                    "[run {run}/{}] {:<24} {:>6.2} s  (machine {:>3.0} % busy before){}",
+                    args.runs,
+                    job.name(),
+                    t0.elapsed().as_secs_f64(),
+                    busy * 100.0,
+                    if status.success() { "" } else { "  FAILED" }
+                );
+                ok &= status.success();
+            }
+        }
+        if !ok {
+            eprintln!("some runs failed; their figures are missing or have fewer runs");
+        }
+        busy_seen.sort_by(f64::total_cmp);
+        if let (Some(lo), Some(hi)) = (busy_seen.first(), busy_seen.last()) {
+            eprintln!(
+                "other load on the machine just before each job: {:.0}–{:.0} % of all cores \
+                 (median {:.0} %)",
+                lo * 100.0,
+                hi * 100.0,
+                busy_seen[busy_seen.len() / 2] * 100.0
+            );
+        }
+        let aggs: Vec<report::Agg> = order
+            .iter()
+            .map(|k| report::Agg::of(&k.0, &k.1, &k.2, &values[k]))
+            .collect();
+        let jsonl: String = aggs.iter().map(|a| a.json() + "\n").collect();
+        print!("{jsonl}");
+        if let Some(path) = &args.json {
+            std::fs::write(path, &jsonl)?;
+        }
+        if !ok {
+            return finish(args, &aggs, cores).map(|()| false);
+        }
+        aggs
+    };
+    finish(args, &aggs, cores).map(|()| true)
+}
+
+/// (busy, total) jiffies of all CPUs from /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The share of all cores busy over the next 300 ms (before a child runs,
+/// that is other processes' load).
+fn cpu_busy() -> f64 {
+    let a = cpu_jiffies();
+    std::thread::sleep(Duration::from_millis(300));
+    match (a, cpu_jiffies()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => 0.0,
+    }
+}
+
+/// Measures the machine's load; with `limit`, waits up to that long for it
+/// to fall under 10 % first. Returns the last load seen.
+fn wait_quiet(limit: Option<Duration>) -> f64 {
+    let deadline = Instant::now() + limit.unwrap_or_default();
+    loop {
+        let busy = cpu_busy();
+        if busy < 0.10 || Instant::now() >= deadline {
+            return busy;
+        }
+    }
+}
+
+fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()> {
+    let header = match &args.from {
+        Some(path) => format!("results read from {path}"),
+        None => format!(
+            "{} UTC, {cores} cores, W1 message: {}{}",
+            report::utc_now(),
+            <W1Msg as pair::BenchMsg>::NAME,
+            if args.quick { ", QUICK sizes" } else { "" }
+        ),
+    };
+    let table = report::markdown(aggs);
+    println!("\n{header}\n\n{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, format!("{header}\n\n{table}"))?;
+    }
+    if let Some(path) = &args.svg {
+        let runs = aggs.iter().map(|a| a.runs).max().unwrap_or(0);
+        let subtitle = format!(
+            "payload MB/s (10^6 B/s) vs payload size, median of {runs} run(s), bars min-max; {cores} cores"
+        );
+        match svg::throughput_plot(aggs, &subtitle) {
+            Some(doc) => std::fs::write(path, doc)?,
+            None => eprintln!("no curve points: {path} not written"),
+        }
+    }
+    Ok(())
+}
