@@ -112,6 +112,11 @@ impl Link {
         self.state
     }
 
+    /// The peer's addresses, in dialing order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
     /// The address dialed last (or to be dialed next).
     pub fn current_addr(&self) -> Option<SocketAddr> {
         self.addrs

@@ -1018,3 +1018,20 @@ fn removing_a_peer_closes_its_inbound_connections_so_a_removed_member_is_refused
     );
     assert!(nodes[0].t.stats().inbound_rejected >= 1);
 }
+
+#[test]
+fn update_peer_with_the_same_addresses_keeps_the_connections() {
+    let nodes = cluster(&[1, 2]);
+    let since = nodes[0].t.active_since(2).unwrap();
+    nodes[0]
+        .t
+        .update_peer(2, &[nodes[1].t.local_addr()])
+        .unwrap();
+    // The loop handles the update before this message: a reconnect would
+    // have shown by the time it arrives.
+    nodes[0].t.send([env(2, 1, Other, b"after")]);
+    assert_eq!(recv_n(nodes[1].t.messages(), 1, 5)[0].payload, b"after");
+    assert_eq!(nodes[0].t.active_since(2), Some(since));
+    let s = nodes[0].t.stats().peer(2);
+    assert_eq!((s.reconnects, s.message_lane.dropped()), (0, 0));
+}

@@ -459,6 +459,9 @@ impl EventLoop {
         let mut to_fail = Vec::new();
         for lane in Lane::QUEUED {
             let l = &mut p.lanes[lane.index()];
+            if l.link.addrs() == addrs.as_slice() {
+                continue; // nothing changed: leave the lane as it is
+            }
             l.link.set_addrs(addrs.clone());
             let keep = match l.conn.and_then(|c| self.conns.get(&c)) {
                 Some(Conn {

@@ -13,6 +13,12 @@
 //! applied entries that the tests compare. Restarting a node
 //! drops its `RawNode` and `Transport` and starts new ones on the same
 //! `Disk`, with `Config::applied` set to what the state machine holds.
+//!
+//! A node may be given [`Routes`]: for some peers, the address to dial
+//! instead of the one in the replicated address book (a fault-injecting
+//! proxy in front of that peer, say). Routes are the node's own, not part
+//! of the replicated state, and survive restarts only if the test passes
+//! them again.
 #![allow(dead_code)]
 
 use crossbeam_channel::{Receiver, Sender, select, tick};
@@ -31,6 +37,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub type Msg = eraftpb::Message;
+
+/// Per node: peer id → the address this node dials for that peer, in place
+/// of the address book's.
+pub type Routes = BTreeMap<u64, String>;
 
 /// How often a node ticks raft.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -388,6 +398,8 @@ pub struct Status {
     pub rejected: Vec<(u64, raftwire::RejectReason)>,
     /// MsgSnapshot messages this node handed to the transport.
     pub snapshots_sent: u64,
+    /// Times this node became leader (since this instance started).
+    pub times_leader: u64,
 }
 
 pub struct Node {
@@ -417,6 +429,32 @@ impl Node {
         Node::run(id, t, reporter, events, disk)
     }
 
+    /// Starts a node on `disk`, listening on `addr`, that dials each peer
+    /// in `routes` at the route's address, whatever the address book says.
+    /// Binding `addr` is retried for a while (a restarted node takes back
+    /// its port).
+    pub fn start_routed(id: u64, addr: SocketAddr, disk: Disk, routes: &Routes) -> Node {
+        init_log();
+        let (reporter, events) = ChannelReporter::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let t: Transport<Msg> = loop {
+            match Transport::start(transport_config(id, addr), reporter.clone()) {
+                Ok(t) => break t,
+                Err(e) if Instant::now() < deadline => {
+                    log::warn!("node {id}: binding {addr}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("node {id}: binding {addr}: {e}"),
+            }
+        };
+        for (&p, a) in routes {
+            if p != id {
+                t.add_peer(p, &[a.as_str()]).expect("add_peer");
+            }
+        }
+        Node::run_routed(id, t, reporter, events, disk, routes.clone())
+    }
+
     /// Starts a node on an already started transport (so that tests can
     /// learn every address before the disks are made).
     pub fn run(
@@ -425,6 +463,18 @@ impl Node {
         reporter: ChannelReporter,
         events: Receiver<ReportEvent>,
         disk: Disk,
+    ) -> Node {
+        Node::run_routed(id, t, reporter, events, disk, Routes::new())
+    }
+
+    /// [`run`](Node::run), with [`Routes`] that override the address book.
+    pub fn run_routed(
+        id: u64,
+        t: Transport<Msg>,
+        reporter: ChannelReporter,
+        events: Receiver<ReportEvent>,
+        disk: Disk,
+        routes: Routes,
     ) -> Node {
         let applied = disk.lock().sm.applied;
         let logger = slog::Logger::root(
@@ -448,6 +498,8 @@ impl Node {
             status: status.clone(),
             stats: Status::default(),
             removed: false,
+            routes,
+            was_leader: false,
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-node-{id}"))
@@ -524,6 +576,8 @@ struct Driver {
     /// Counters kept by the driver, copied into `status`.
     stats: Status,
     removed: bool,
+    routes: Routes,
+    was_leader: bool,
 }
 
 /// Most inputs of each kind handled before the node looks at its Ready, so
@@ -703,6 +757,7 @@ impl Driver {
         self.disk.raft.wl().set_conf_state(cs);
         let id = cc.node_id;
         let addr = String::from_utf8_lossy(&cc.context).to_string();
+        let dial = self.dial_addr(id, &addr);
         match cc.get_change_type() {
             ConfChangeType::AddLearnerNode | ConfChangeType::AddNode => {
                 self.disk.lock().sm.members.insert(id, addr.clone());
@@ -712,14 +767,16 @@ impl Driver {
                 // A learner is a remote: sent to, caught up, not a member
                 // yet. Adding it as a peer later promotes it.
                 let r = if cc.get_change_type() == ConfChangeType::AddNode {
-                    self.t.add_peer(id, &[addr.as_str()])
+                    self.t.add_peer(id, &[dial.as_str()])
                 } else {
-                    self.t.add_remote(id, &[addr.as_str()])
+                    self.t.add_remote(id, &[dial.as_str()])
                 };
                 match r {
                     Ok(()) => {}
                     Err(raftwire::Error::DuplicatePeer(_)) => {
-                        let _ = self.t.update_peer(id, &[addr.as_str()]);
+                        if !self.routes.contains_key(&id) {
+                            let _ = self.t.update_peer(id, &[dial.as_str()]);
+                        }
                     }
                     Err(e) => log::warn!("node {}: adding {id} at {addr}: {e}", self.id),
                 }
@@ -737,6 +794,15 @@ impl Driver {
         }
     }
 
+    /// Where to dial `id`: its route if it has one, else `book` (the
+    /// address book's entry).
+    fn dial_addr(&self, id: u64, book: &str) -> String {
+        self.routes
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| book.to_string())
+    }
+
     /// Adds every member of the address book to the transport (members as
     /// peers, learners as remotes), after a restart or a snapshot; after a
     /// snapshot (`prune`), also removes peers the snapshot does not list.
@@ -751,13 +817,16 @@ impl Driver {
             if id == self.id {
                 continue;
             }
+            let dial = self.dial_addr(id, addr);
             let r = if cs.learners.contains(&id) {
-                self.t.add_remote(id, &[addr.as_str()])
+                self.t.add_remote(id, &[dial.as_str()])
             } else {
-                self.t.add_peer(id, &[addr.as_str()])
+                self.t.add_peer(id, &[dial.as_str()])
             };
-            if let Err(raftwire::Error::DuplicatePeer(_)) = r {
-                let _ = self.t.update_peer(id, &[addr.as_str()]);
+            // A routed peer's address never changes: leave its lanes be.
+            if matches!(r, Err(raftwire::Error::DuplicatePeer(_))) && !self.routes.contains_key(&id)
+            {
+                let _ = self.t.update_peer(id, &[dial.as_str()]);
             }
         }
         if !prune {
@@ -774,6 +843,11 @@ impl Driver {
     }
 
     fn publish(&mut self) {
+        let is_leader = self.raw.raft.state == StateRole::Leader;
+        if is_leader && !self.was_leader {
+            self.stats.times_leader += 1;
+        }
+        self.was_leader = is_leader;
         let r = &self.raw.raft;
         let cs = self
             .disk
@@ -800,6 +874,7 @@ impl Driver {
             snapshot_reports: stats.snapshot_reports,
             rejected: stats.rejected.clone(),
             snapshots_sent: stats.snapshots_sent,
+            times_leader: stats.times_leader,
         };
     }
 }
