@@ -290,7 +290,7 @@ fn sender_stopped_mid_stream_reports_failure_once() {
     let t0 = Instant::now();
     nodes[0].t.stop();
     assert!(t0.elapsed() < Duration::from_secs(1));
-    assert_eq!(snap_threads(&nodes[0].t), 0);
+    wait_until("snapshot thread gone", 2, || snap_threads(&nodes[0].t) == 0);
     assert_eq!(
         snapshot_reports(&nodes[0].events, 2, 2),
         vec![SnapshotStatus::Failure]
