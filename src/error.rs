@@ -139,6 +139,19 @@ impl<M> SendError<M> {
         }
     }
 
+    /// The message that was not sent, by reference.
+    pub fn message(&self) -> &M {
+        match self {
+            SendError::Full(m)
+            | SendError::UnknownPeer(m)
+            | SendError::ToSelf(m)
+            | SendError::LocalOnly(m)
+            | SendError::Paused(m)
+            | SendError::TooLarge(m)
+            | SendError::Stopped(m) => m,
+        }
+    }
+
     /// The drop reason this error is counted under when `send` drops.
     pub fn reason(&self) -> DropReason {
         match self {

@@ -528,7 +528,6 @@ impl Streamer {
         loop {
             let e = self.next_event(job)?;
             match self.handle(e)? {
-                Some(AckStatus::Ok) if self.inflight == 0 => return Ok(()),
                 Some(AckStatus::Ok) => {
                     // Every byte was consumed, so every write completed;
                     // the last Written events are on their way.

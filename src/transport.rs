@@ -869,16 +869,7 @@ fn record_send_drop<M: Message>(
             }
         }
         (_, Some(p)) => {
-            let m = match e {
-                SendError::Full(m)
-                | SendError::Paused(m)
-                | SendError::TooLarge(m)
-                | SendError::Stopped(m)
-                | SendError::ToSelf(m)
-                | SendError::LocalOnly(m)
-                | SendError::UnknownPeer(m) => m,
-            };
-            let lane = m.class().lane();
+            let lane = e.message().class().lane();
             let c = p.counters();
             c.count_drop(lane, reason, 1);
             if lane == Lane::Snapshot {

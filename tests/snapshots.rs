@@ -49,6 +49,13 @@ fn read_and_check(r: &mut impl Read) -> io::Result<u64> {
     }
 }
 
+/// The next snapshot arriving at `n` (failing after 5 s).
+fn next_snapshot(n: &Node) -> raftwire::snapshot::IncomingSnapshot<Envelope> {
+    n.t.snapshots()
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a snapshot arrives")
+}
+
 fn snapshot_msg(to: u64, from: u64) -> Envelope {
     Envelope::new(to, from, MessageClass::Snapshot, b"snapshot meta".to_vec())
 }
@@ -93,11 +100,7 @@ fn a_streamed_snapshot_arrives_intact_and_is_reported_once() {
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
         .unwrap();
-    let mut inc = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut inc = next_snapshot(&nodes[1]);
     assert_eq!(inc.message, snapshot_msg(2, 1));
     assert_eq!(inc.size, size);
     assert_eq!(read_and_check(&mut inc.data).unwrap(), size);
@@ -115,11 +118,7 @@ fn a_streamed_snapshot_arrives_intact_and_is_reported_once() {
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(0), 0)
         .unwrap();
-    let mut inc = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut inc = next_snapshot(&nodes[1]);
     assert_eq!(read_and_check(&mut inc.data).unwrap(), 0);
     assert_eq!(
         snapshot_reports(&nodes[0].events, 2, 5),
@@ -255,11 +254,7 @@ fn receiver_stopped_mid_stream_fails_the_snapshot() {
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
         .unwrap();
-    let mut inc = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut inc = next_snapshot(&nodes[1]);
     let mut buf = vec![0u8; 1 << 20];
     inc.data.read_exact(&mut buf).unwrap();
     nodes[1].t.stop();
@@ -280,11 +275,7 @@ fn sender_stopped_mid_stream_reports_failure_once() {
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
         .unwrap();
-    let mut inc = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut inc = next_snapshot(&nodes[1]);
     let mut buf = vec![0u8; 1 << 20];
     inc.data.read_exact(&mut buf).unwrap();
     let t0 = Instant::now();
@@ -312,11 +303,7 @@ fn a_receiver_that_stops_reading_fails_the_snapshot_after_the_progress_timeout()
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
         .unwrap();
-    let inc = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let inc = next_snapshot(&nodes[1]);
     // Hold the reader without reading.
     assert_eq!(
         snapshot_reports(&nodes[0].events, 2, 5),
@@ -354,11 +341,7 @@ fn the_concurrency_limit_fails_the_extra_snapshot_at_once() {
     });
     assert_eq!(first, ReportEvent::Snapshot(2, SnapshotStatus::Failure));
     for _ in 0..2 {
-        let mut inc = nodes[1]
-            .t
-            .snapshots()
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap();
+        let mut inc = next_snapshot(&nodes[1]);
         assert_eq!(read_and_check(&mut inc.data).unwrap(), size);
     }
     assert_eq!(
@@ -375,11 +358,7 @@ fn the_concurrency_limit_fails_the_extra_snapshot_at_once() {
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
         .unwrap();
-    let held = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let held = next_snapshot(&nodes[1]);
     nodes[0]
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
@@ -568,11 +547,7 @@ fn removing_the_peer_fails_its_snapshot() {
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
         .unwrap();
-    let inc = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let inc = next_snapshot(&nodes[1]);
     nodes[0].t.remove_peer(2).unwrap();
     assert_eq!(
         snapshot_reports(&nodes[0].events, 2, 5),
@@ -597,11 +572,7 @@ fn a_snapshot_slower_than_the_minimum_rate_fails() {
         .t
         .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
         .unwrap();
-    let mut inc = nodes[1]
-        .t
-        .snapshots()
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut inc = next_snapshot(&nodes[1]);
     // Read steadily but slowly: 64 KiB every 10 ms (progress never stops).
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
