@@ -122,6 +122,21 @@ pub struct Config {
     pub send_buffer_size: Option<usize>,
     /// `SO_RCVBUF` for every socket (`None` keeps the system default).
     pub recv_buffer_size: Option<usize>,
+
+    /// Mutual TLS for every connection (feature `tls`; see
+    /// [`raftwire::tls`](crate::tls)). `None`: plaintext, which
+    /// [`validate`](Config::validate) accepts only on loopback addresses
+    /// unless `insecure_plaintext` says otherwise.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Allow plaintext on addresses other than loopback. Without TLS,
+    /// anyone who can reach the port and guess the cluster id can inject
+    /// Raft messages, so plaintext must be asked for: with this `false`
+    /// (the default) and no TLS, a non-loopback `listen_addr` fails
+    /// validation and a non-loopback peer address is refused by
+    /// [`add_peer`](crate::Transport::add_peer). Set it only on a network
+    /// you trust entirely (or behind a TLS tunnel of your own).
+    pub insecure_plaintext: bool,
 }
 
 impl Config {
@@ -164,6 +179,9 @@ impl Config {
             tcp_keepalive: Some(Duration::from_secs(30)),
             send_buffer_size: None,
             recv_buffer_size: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            insecure_plaintext: false,
         }
     }
 
@@ -260,7 +278,36 @@ impl Config {
                 "must be non-zero when set",
             );
         }
+        if !self.plaintext_allowed(self.listen_addr) {
+            return bad(
+                "insecure_plaintext",
+                format!(
+                    "listening on {} (not loopback) without TLS would let anyone who reaches \
+                     it inject messages: set `tls` (feature `tls`), or set \
+                     `insecure_plaintext = true` if this network is trusted",
+                    self.listen_addr
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// Whether this node uses TLS.
+    pub(crate) fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            self.tls.is_some()
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
+    }
+
+    /// Whether talking to or listening on `addr` is allowed: always with
+    /// TLS; without it only on loopback, unless `insecure_plaintext`.
+    pub(crate) fn plaintext_allowed(&self, addr: SocketAddr) -> bool {
+        self.has_tls() || self.insecure_plaintext || addr.ip().is_loopback()
     }
 
     /// The byte bound of a lane's send queue (snapshots have no queue).
@@ -305,6 +352,10 @@ mod tests {
         let mut c = cfg();
         c.backoff_cap = Duration::from_millis(1);
         assert_eq!(c.validate().unwrap_err().field, "backoff_cap");
+        let mut c = Config::new(1, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(c.validate().unwrap_err().field, "insecure_plaintext");
+        c.insecure_plaintext = true;
+        c.validate().unwrap();
         let mut c = cfg();
         c.dial_timeout = Duration::ZERO;
         let e = c.validate().unwrap_err();

@@ -53,6 +53,10 @@ pub enum Error {
     UnknownPeer(u64),
     /// The transport has been stopped.
     Stopped,
+    /// TLS could not be set up: a certificate, key or CA file that cannot
+    /// be read or parsed, a key that does not match its certificate, or
+    /// TLS asked of a transport started without it.
+    Tls(String),
 }
 
 impl fmt::Display for Error {
@@ -73,6 +77,7 @@ impl fmt::Display for Error {
             Error::DuplicatePeer(id) => write!(f, "peer {id} already exists"),
             Error::UnknownPeer(id) => write!(f, "peer {id} is not known to this transport"),
             Error::Stopped => f.write_str("the transport has been stopped"),
+            Error::Tls(why) => write!(f, "TLS: {why}"),
         }
     }
 }
@@ -274,6 +279,76 @@ pub enum CloseReason {
     SnapshotRefused(crate::wire::AckStatus),
     /// The transport is stopping.
     Stopped,
+    /// TLS failed: the handshake, or the identity in the certificate.
+    Tls(TlsFailure),
+}
+
+/// Why a TLS connection was refused (feature `tls`). Each is counted in
+/// [`TlsStats`](crate::stats::TlsStats) and logged (rate-limited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The peer does not speak TLS (a plaintext raftwire node, or something
+    /// else): its first byte is not a TLS handshake record.
+    NotTls,
+    /// The peer's certificate does not chain to our CAs, its signature or
+    /// encoding is bad, or it is not valid for its use.
+    BadCertificate(String),
+    /// The peer's certificate has expired or is not valid yet.
+    Expired,
+    /// The peer presented no certificate.
+    NoCertificate,
+    /// The certificate is valid but names no node id of this cluster.
+    NoIdentity,
+    /// The certificate names another node than the one we dialed.
+    WrongIdentity {
+        /// The node we dialed.
+        expected: u64,
+        /// The node the certificate names.
+        got: u64,
+    },
+    /// The peer refused the handshake (it sent this TLS alert): usually it
+    /// does not accept our certificate.
+    RefusedByPeer(String),
+    /// Any other TLS error.
+    Other(String),
+}
+
+impl TlsFailure {
+    /// A short stable name, used in stats and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TlsFailure::NotTls => "not_tls",
+            TlsFailure::BadCertificate(_) => "bad_certificate",
+            TlsFailure::Expired => "expired",
+            TlsFailure::NoCertificate => "no_certificate",
+            TlsFailure::NoIdentity => "no_identity",
+            TlsFailure::WrongIdentity { .. } => "wrong_identity",
+            TlsFailure::RefusedByPeer(_) => "refused_by_peer",
+            TlsFailure::Other(_) => "other",
+        }
+    }
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsFailure::NotTls => f.write_str("the peer does not speak TLS (plaintext?)"),
+            TlsFailure::BadCertificate(why) => write!(f, "peer certificate rejected: {why}"),
+            TlsFailure::Expired => f.write_str("peer certificate expired or not yet valid"),
+            TlsFailure::NoCertificate => f.write_str("the peer presented no certificate"),
+            TlsFailure::NoIdentity => {
+                f.write_str("the peer certificate names no node id of this cluster")
+            }
+            TlsFailure::WrongIdentity { expected, got } => write!(
+                f,
+                "the peer certificate names node {got}, but we dialed node {expected}"
+            ),
+            TlsFailure::RefusedByPeer(alert) => {
+                write!(f, "the peer refused our handshake (alert: {alert})")
+            }
+            TlsFailure::Other(why) => write!(f, "TLS error: {why}"),
+        }
+    }
 }
 
 /// The ways a peer can break the protocol.
@@ -356,6 +431,7 @@ impl CloseReason {
             CloseReason::PeerRemoved => "peer_removed",
             CloseReason::SnapshotRefused(s) => s.name(),
             CloseReason::Stopped => "stopped",
+            CloseReason::Tls(t) => t.name(),
         }
     }
 }
@@ -380,6 +456,7 @@ impl fmt::Display for CloseReason {
             CloseReason::PeerRemoved => f.write_str("peer removed or readdressed"),
             CloseReason::SnapshotRefused(s) => write!(f, "snapshot refused: {s}"),
             CloseReason::Stopped => f.write_str("transport stopped"),
+            CloseReason::Tls(t) => write!(f, "TLS: {t}"),
         }
     }
 }

@@ -140,10 +140,102 @@ pub(crate) struct GlobalCounters {
     pub accept_errors: AtomicU64,
     pub inbound_evicted: AtomicU64,
     pub inbound_refused: AtomicU64,
+    pub tls: TlsCounters,
+    pub tls_logged_at: AtomicU64,
     /// Sockets the event loop holds (listener excluded).
     pub connections: AtomicU64,
     pub unknown_logged_at: AtomicU64,
     pub error_logged_at: AtomicU64,
+}
+
+/// TLS counters (all zero without the `tls` feature).
+#[derive(Debug, Default)]
+pub(crate) struct TlsCounters {
+    pub handshakes: AtomicU64,
+    pub not_tls: AtomicU64,
+    pub bad_certificate: AtomicU64,
+    pub expired: AtomicU64,
+    pub no_certificate: AtomicU64,
+    pub no_identity: AtomicU64,
+    pub wrong_identity: AtomicU64,
+    pub refused_by_peer: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl TlsCounters {
+    /// Counts a refused connection under its reason.
+    pub fn count(&self, f: &crate::error::TlsFailure) {
+        use crate::error::TlsFailure as F;
+        let c = match f {
+            F::NotTls => &self.not_tls,
+            F::BadCertificate(_) => &self.bad_certificate,
+            F::Expired => &self.expired,
+            F::NoCertificate => &self.no_certificate,
+            F::NoIdentity => &self.no_identity,
+            F::WrongIdentity { .. } => &self.wrong_identity,
+            F::RefusedByPeer(_) => &self.refused_by_peer,
+            F::Other(_) => &self.other,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> TlsStats {
+        TlsStats {
+            handshakes: self.handshakes.load(Relaxed),
+            not_tls: self.not_tls.load(Relaxed),
+            bad_certificate: self.bad_certificate.load(Relaxed),
+            expired: self.expired.load(Relaxed),
+            no_certificate: self.no_certificate.load(Relaxed),
+            no_identity: self.no_identity.load(Relaxed),
+            wrong_identity: self.wrong_identity.load(Relaxed),
+            refused_by_peer: self.refused_by_peer.load(Relaxed),
+            other: self.other.load(Relaxed),
+        }
+    }
+}
+
+/// TLS outcomes, inbound and outbound together (feature `tls`; all zero
+/// without it). Each refusal is counted once, under the reason this node
+/// saw: the node that rejects a certificate counts `bad_certificate`, the
+/// node whose certificate was rejected counts `refused_by_peer`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsStats {
+    /// TLS handshakes completed with a verified peer certificate that names
+    /// a node id of this cluster.
+    pub handshakes: u64,
+    /// Inbound connections that did not speak TLS (plaintext peers).
+    pub not_tls: u64,
+    /// Peer certificates rejected: unknown CA, bad signature or encoding,
+    /// wrong key usage.
+    pub bad_certificate: u64,
+    /// Peer certificates expired or not yet valid.
+    pub expired: u64,
+    /// Peers that presented no certificate.
+    pub no_certificate: u64,
+    /// Valid certificates that name no node id of this cluster.
+    pub no_identity: u64,
+    /// Identity mismatches: a dialed peer whose certificate names another
+    /// node, or a hello claiming another id than the certificate's
+    /// (the latter is also counted as a rejected handshake).
+    pub wrong_identity: u64,
+    /// Handshakes the peer refused with an alert (it rejected our certificate).
+    pub refused_by_peer: u64,
+    /// Other TLS errors.
+    pub other: u64,
+}
+
+impl TlsStats {
+    /// All refused connections, every reason.
+    pub fn failures(&self) -> u64 {
+        self.not_tls
+            + self.bad_certificate
+            + self.expired
+            + self.no_certificate
+            + self.no_identity
+            + self.wrong_identity
+            + self.refused_by_peer
+            + self.other
+    }
 }
 
 /// A snapshot of one lane's counters.
@@ -269,6 +361,8 @@ pub struct Stats {
     /// TCP connections open right now (inbound and outbound, any state; the
     /// listener is not counted).
     pub connections: u64,
+    /// TLS handshakes and refusals (feature `tls`).
+    pub tls: TlsStats,
 }
 
 impl Stats {

@@ -137,12 +137,22 @@ impl<M: Message> Transport<M> {
         let global = Arc::new(GlobalCounters::default());
         let non_peers = Arc::new(PeerCounters::default());
 
+        #[cfg(feature = "tls")]
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(crate::tls::TlsContext::build(
+                t,
+                config.cluster_id,
+            )?)),
+            None => None,
+        };
         let event_loop = EventLoop::bind(
             config.clone(),
             epoch,
             reader_tx,
             notice_tx.clone(),
             global.clone(),
+            #[cfg(feature = "tls")]
+            tls,
         )
         .map_err(Error::Io)?;
         let local_addr = event_loop.local_addr();
@@ -377,7 +387,7 @@ impl<M: Message> Transport<M> {
         if id == 0 || id == inner.config.node_id {
             return Err(Error::InvalidPeerId(id));
         }
-        let addrs = resolve(id, addrs)?;
+        let addrs = resolve(&self.inner.config, id, addrs)?;
         let mut peers = inner.peers.write().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = peers.get(&id) {
             let mut k = p.kind.lock().unwrap_or_else(|e| e.into_inner());
@@ -428,7 +438,7 @@ impl<M: Message> Transport<M> {
     /// longer listed are closed and redialed at the new ones.
     pub fn update_peer<A: ToString>(&self, id: u64, addrs: &[A]) -> Result<(), Error> {
         self.check_running()?;
-        let addrs = resolve(id, addrs)?;
+        let addrs = resolve(&self.inner.config, id, addrs)?;
         if !self.peer_exists(id) {
             return Err(Error::UnknownPeer(id));
         }
@@ -514,6 +524,7 @@ impl<M: Message> Transport<M> {
             connections: g.connections.load(Relaxed),
             inbound_evicted: g.inbound_evicted.load(Relaxed),
             inbound_refused: g.inbound_refused.load(Relaxed),
+            tls: g.tls.snapshot(),
             accept_errors: g.accept_errors.load(Relaxed),
         }
     }
@@ -535,6 +546,30 @@ impl<M: Message> Transport<M> {
     /// for tests that check no thread outlives `stop`.
     pub fn thread_name_prefix(&self) -> String {
         format!("raftwire{}-", self.inner.instance)
+    }
+
+    /// Replaces this node's TLS certificate chain, key and CAs (feature
+    /// `tls`): connections made from now on, in both directions, use the
+    /// new ones; open connections keep their session. The new
+    /// configuration is checked first (an unreadable key, a key that does
+    /// not match the certificate, no CA): on error nothing changes.
+    ///
+    /// A transport started without TLS cannot switch to it
+    /// ([`Error::Tls`]).
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self, tls: crate::tls::TlsConfig) -> Result<(), Error> {
+        self.check_running()?;
+        if !self.inner.config.has_tls() {
+            return Err(Error::Tls(
+                "this transport was started without TLS; TLS cannot be turned on while it runs"
+                    .into(),
+            ));
+        }
+        let ctx = crate::tls::TlsContext::build(&tls, self.inner.config.cluster_id)?;
+        self.inner
+            .loop_handle
+            .send(LoopCmd::ReloadTls(Arc::new(ctx)));
+        Ok(())
     }
 
     fn check_running(&self) -> Result<(), Error> {
@@ -565,7 +600,7 @@ fn lane_since<M>(inner: &Inner<M>, link: &PeerLink, lane: Lane) -> Option<Instan
     }
 }
 
-fn resolve<A: ToString>(peer: u64, addrs: &[A]) -> Result<Vec<SocketAddr>, Error> {
+fn resolve<A: ToString>(config: &Config, peer: u64, addrs: &[A]) -> Result<Vec<SocketAddr>, Error> {
     if addrs.is_empty() {
         return Err(Error::NoAddresses { peer });
     }
@@ -579,6 +614,19 @@ fn resolve<A: ToString>(peer: u64, addrs: &[A]) -> Result<Vec<SocketAddr>, Error
         })?;
         let before = out.len();
         out.extend(resolved);
+        if let Some(open) = out[before..]
+            .iter()
+            .find(|a| !config.plaintext_allowed(**a))
+        {
+            return Err(Error::BadAddress {
+                peer,
+                addr: s,
+                reason: format!(
+                    "{open} is not a loopback address and this transport runs without TLS \
+                     (set Config::tls, or Config::insecure_plaintext if the network is trusted)"
+                ),
+            });
+        }
         if out.len() == before {
             return Err(Error::BadAddress {
                 peer,

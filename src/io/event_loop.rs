@@ -6,6 +6,7 @@
 
 use crate::config::Config;
 use crate::error::{CloseReason, DropReason, ProtocolViolation};
+use crate::io::stream::Stream;
 use crate::io::{
     Batch, ConnId, Credit, LoopCmd, LoopHandle, Notice, PeerLink, ReaderMsg, Returned,
 };
@@ -23,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::*};
@@ -108,7 +109,7 @@ enum Kind {
 }
 
 struct Conn {
-    sock: TcpStream,
+    stream: Stream,
     kind: Kind,
     out: VecDeque<Out>,
     /// Bytes of the front `out` entry already written.
@@ -158,6 +159,8 @@ pub(crate) struct EventLoop {
     next_timer: Instant,
     seed: u64,
     stopping: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<crate::tls::TlsContext>>,
 }
 
 /// Applies the socket options of the config to any TCP socket.
@@ -195,6 +198,7 @@ impl EventLoop {
         reader_tx: Sender<ReaderMsg>,
         notice_tx: Sender<Notice>,
         global: Arc<GlobalCounters>,
+        #[cfg(feature = "tls")] tls: Option<Arc<crate::tls::TlsContext>>,
     ) -> io::Result<EventLoop> {
         let addr = config.listen_addr;
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -236,6 +240,8 @@ impl EventLoop {
             next_timer: Instant::now(),
             seed,
             stopping: false,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 
@@ -362,6 +368,14 @@ impl EventLoop {
                         }
                         self.dirty.push(conn);
                     }
+                }
+                #[cfg(feature = "tls")]
+                LoopCmd::ReloadTls(ctx) => {
+                    info!(
+                        "node {}: TLS certificates reloaded; new connections use them",
+                        self.config.node_id
+                    );
+                    self.tls = Some(ctx);
                 }
                 LoopCmd::Stop => {
                     self.stopping = true;
@@ -540,11 +554,14 @@ impl EventLoop {
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut sock, addr)) => {
+                Ok((sock, addr)) => {
                     if !self.make_room_for_inbound(addr) {
                         continue; // dropping `sock` closes it
                     }
-                    if let Err(e) = configure(SockRef::from(&sock), &self.config) {
+                    let Some(mut stream) = self.stream(sock, None) else {
+                        continue;
+                    };
+                    if let Err(e) = configure(SockRef::from(stream.sock()), &self.config) {
                         debug!(
                             "node {}: socket options for {addr}: {e}",
                             self.config.node_id
@@ -552,7 +569,7 @@ impl EventLoop {
                     }
                     let id = self.next_id();
                     if let Err(e) = self.poll.registry().register(
-                        &mut sock,
+                        stream.sock_mut(),
                         Token(id),
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
@@ -564,7 +581,7 @@ impl EventLoop {
                     self.conns.insert(
                         id,
                         Conn {
-                            sock,
+                            stream,
                             kind: Kind::Inbound {
                                 credit: credit.clone(),
                                 accepted: None,
@@ -660,6 +677,44 @@ impl EventLoop {
         }
     }
 
+    /// Wraps a new socket: in TLS when configured (as the client when
+    /// dialing `dial`, else as the server).
+    fn stream(&mut self, sock: TcpStream, dial: Option<SocketAddr>) -> Option<Stream> {
+        #[cfg(feature = "tls")]
+        if let Some(ctx) = &self.tls {
+            let conn = match dial {
+                Some(addr) => ctx.client_conn(addr).map(rustls::Connection::from),
+                None => ctx.server_conn().map(rustls::Connection::from),
+            };
+            return match conn {
+                Ok(conn) => Some(Stream::tls(sock, conn)),
+                Err(e) => {
+                    error!("node {}: cannot start TLS: {e}", self.config.node_id);
+                    None
+                }
+            };
+        }
+        let _ = dial;
+        Some(Stream::plain(sock))
+    }
+
+    /// Counts and logs (rate-limited) a connection refused by TLS.
+    fn note_tls(&self, reason: &CloseReason, who: &str) {
+        if let CloseReason::Tls(f) = reason {
+            self.global.tls.count(f);
+            if rate_limit(
+                &self.global.tls_logged_at,
+                self.epoch.elapsed(),
+                self.config.log_interval,
+            ) {
+                warn!(
+                    "node {}: TLS connection {who} refused: {f}",
+                    self.config.node_id
+                );
+            }
+        }
+    }
+
     /// Makes sure the timers run no later than `at`.
     fn schedule(&mut self, at: Instant) {
         self.next_timer = self.next_timer.min(at);
@@ -684,16 +739,19 @@ impl EventLoop {
         now: Instant,
     ) -> io::Result<ConnId> {
         let id = self.next_id();
-        let mut sock = dial(addr, &self.config)?;
+        let sock = dial(addr, &self.config)?;
+        let mut stream = self
+            .stream(sock, Some(addr))
+            .ok_or_else(|| io::Error::other("TLS client setup failed"))?;
         self.poll.registry().register(
-            &mut sock,
+            stream.sock_mut(),
             Token(id),
             Interest::READABLE | Interest::WRITABLE,
         )?;
         self.conns.insert(
             id,
             Conn {
-                sock,
+                stream,
                 kind: Kind::Outbound {
                     peer,
                     lane,
@@ -741,13 +799,13 @@ impl EventLoop {
         {
             let (peer, lane) = (*peer, *lane);
             let now = Instant::now();
-            match c.sock.take_error() {
+            match c.stream.sock().take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => {
                     return self.fail_outbound(id, peer, lane, CloseReason::Io(e.kind()), now);
                 }
             }
-            match c.sock.peer_addr() {
+            match c.stream.sock().peer_addr() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
@@ -799,7 +857,18 @@ impl EventLoop {
                         }
                         credit.paused.store(false, SeqCst);
                     }
-                    match c.sock.read(&mut self.scratch) {
+                    let r = c.stream.read(&mut self.scratch);
+                    #[cfg(feature = "tls")]
+                    if c.stream.take_established() {
+                        match identify(&self.tls, &c.stream) {
+                            Ok(node) => {
+                                self.global.tls.handshakes.fetch_add(1, Relaxed);
+                                let _ = self.reader_tx.send(ReaderMsg::Identity { conn: id, node });
+                            }
+                            Err(f) => break Some(CloseReason::Tls(f)),
+                        }
+                    }
+                    match r {
                         Ok(0) => break Some(CloseReason::Eof),
                         Ok(n) => {
                             c.liveness.handle_read(Instant::now());
@@ -825,7 +894,7 @@ impl EventLoop {
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Some(CloseReason::Io(e.kind())),
+                        Err(e) => break Some(c.stream.close_reason(&e)),
                     }
                 }
             }
@@ -859,7 +928,27 @@ impl EventLoop {
         };
         let (peer, lane) = (*peer, *lane);
         'read: loop {
-            let n = match c.sock.read(&mut self.scratch) {
+            let r = c.stream.read(&mut self.scratch);
+            #[cfg(feature = "tls")]
+            if c.stream.take_established() {
+                match identify(&self.tls, &c.stream) {
+                    Ok(node) if node == peer => {
+                        self.global.tls.handshakes.fetch_add(1, Relaxed);
+                    }
+                    Ok(got) => {
+                        result = Err(CloseReason::Tls(crate::error::TlsFailure::WrongIdentity {
+                            expected: peer,
+                            got,
+                        }));
+                        break;
+                    }
+                    Err(f) => {
+                        result = Err(CloseReason::Tls(f));
+                        break;
+                    }
+                }
+            }
+            let n = match r {
                 Ok(0) => {
                     result = Err(CloseReason::Eof);
                     break;
@@ -868,7 +957,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    result = Err(CloseReason::Io(e.kind()));
+                    result = Err(c.stream.close_reason(&e));
                     break;
                 }
             };
@@ -1045,9 +1134,13 @@ impl EventLoop {
         {
             return;
         }
-        let mut failed = None;
+        let mut failed = c
+            .stream
+            .flush_pending()
+            .err()
+            .map(|e| c.stream.close_reason(&e));
         let mut wrote = false;
-        while !c.out.is_empty() {
+        while failed.is_none() && !c.out.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
             for (i, o) in c.out.iter().take(MAX_IOV).enumerate() {
@@ -1055,7 +1148,7 @@ impl EventLoop {
                 iov[i] = IoSlice::new(if i == 0 { &b[c.out_pos..] } else { b });
                 n += 1;
             }
-            match c.sock.write_vectored(&iov[..n]) {
+            match c.stream.write_vectored(&iov[..n]) {
                 Ok(0) => {
                     failed = Some(CloseReason::Io(io::ErrorKind::WriteZero));
                     break;
@@ -1094,7 +1187,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    failed = Some(CloseReason::Io(e.kind()));
+                    failed = Some(c.stream.close_reason(&e));
                     break;
                 }
             }
@@ -1112,7 +1205,10 @@ impl EventLoop {
                 },
             );
         }
-        let done_closing = c.closing.clone().filter(|_| c.out.is_empty());
+        let done_closing = c
+            .closing
+            .clone()
+            .filter(|_| c.out.is_empty() && !c.stream.has_pending());
         let outbound = match c.kind {
             Kind::Outbound { peer, lane, .. } => Some((peer, lane)),
             Kind::Inbound { .. } => None,
@@ -1149,7 +1245,7 @@ impl EventLoop {
                 if let Kind::Outbound { addr: a, .. } = c.kind {
                     addr = Some(a);
                 }
-                let _ = self.poll.registry().deregister(&mut c.sock);
+                let _ = self.poll.registry().deregister(c.stream.sock_mut());
                 count_in_flight(&c, &p.link);
                 for o in c.out.drain(..) {
                     if let Out::Batch(b) = o {
@@ -1163,6 +1259,13 @@ impl EventLoop {
         }
         let at = l.link.handle_failed(now);
         self.next_timer = self.next_timer.min(at);
+        if matches!(reason, CloseReason::Tls(_)) {
+            let who = format!("to peer {peer} ({lane} lane)");
+            self.note_tls(&reason, &who);
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
         p.link.connected[lane.index()].store(0, Release);
         let target = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
         let what = format!("{lane} lane to peer {peer} at {target}: {reason}");
@@ -1195,7 +1298,14 @@ impl EventLoop {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut c.sock);
+        if matches!(reason, CloseReason::Tls(_)) {
+            let from = c.stream.sock().peer_addr();
+            self.note_tls(
+                &reason,
+                &format!("from {}", from.map_or("?".into(), |a| a.to_string())),
+            );
+        }
+        let _ = self.poll.registry().deregister(c.stream.sock_mut());
         if let Kind::Inbound {
             accepted: Some(key),
             ..
@@ -1220,7 +1330,7 @@ impl EventLoop {
         returns: Option<(&Sender<Returned>, DropReason)>,
     ) -> Option<Conn> {
         let mut c = self.conns.remove(&id)?;
-        let _ = self.poll.registry().deregister(&mut c.sock);
+        let _ = self.poll.registry().deregister(c.stream.sock_mut());
         if let Some((returns, why)) = returns {
             for o in c.out.drain(..) {
                 if let Out::Batch(b) = o {
@@ -1236,7 +1346,8 @@ impl EventLoop {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut c.sock);
+        self.note_tls(&reason, "for a snapshot");
+        let _ = self.poll.registry().deregister(c.stream.sock_mut());
         if let Kind::Outbound {
             snap: Some(snap),
             peer,
@@ -1463,7 +1574,7 @@ impl EventLoop {
             self.remove_peer(id, DropReason::Stopped);
         }
         for (_, mut c) in self.conns.drain() {
-            let _ = self.poll.registry().deregister(&mut c.sock);
+            let _ = self.poll.registry().deregister(c.stream.sock_mut());
         }
         let _ = self.poll.registry().deregister(&mut self.listener);
         debug!("node {}: event loop stopped", self.config.node_id);
@@ -1474,6 +1585,18 @@ impl EventLoop {
 const DELIVERED_LEN: usize = 8;
 
 /// A `delivered` frame: the count of messages delivered so far.
+/// The node id in a TLS peer's certificate, once its handshake is done.
+#[cfg(feature = "tls")]
+fn identify(
+    ctx: &Option<Arc<crate::tls::TlsContext>>,
+    stream: &Stream,
+) -> Result<u64, crate::error::TlsFailure> {
+    let ctx = ctx
+        .as_ref()
+        .ok_or_else(|| crate::error::TlsFailure::Other("TLS context missing".into()))?;
+    ctx.peer_id(stream.peer_certificates())
+}
+
 fn delivered_frame(n: u64) -> [u8; FRAME_HEADER_LEN + DELIVERED_LEN] {
     let mut out = [0u8; FRAME_HEADER_LEN + DELIVERED_LEN];
     let mut v = Vec::with_capacity(out.len());

@@ -5,6 +5,7 @@
 pub(crate) mod event_loop;
 pub(crate) mod notify;
 pub(crate) mod reader;
+pub(crate) mod stream;
 pub(crate) mod writer;
 
 use crate::error::CloseReason;
@@ -106,6 +107,9 @@ pub(crate) enum LoopCmd {
         conn: ConnId,
         status: crate::wire::AckStatus,
     },
+    /// New TLS certificates, key and CAs for connections made from now on.
+    #[cfg(feature = "tls")]
+    ReloadTls(Arc<crate::tls::TlsContext>),
     Stop,
 }
 
@@ -156,6 +160,13 @@ pub(crate) enum ReaderMsg {
         conn: ConnId,
         peer_addr: Option<SocketAddr>,
         credit: Arc<Credit>,
+    },
+    /// The TLS handshake of this connection completed and its certificate
+    /// names node `node` (sent before any of its data).
+    #[cfg(feature = "tls")]
+    Identity {
+        conn: ConnId,
+        node: u64,
     },
     Data {
         conn: ConnId,

@@ -178,6 +178,8 @@ struct InConn {
     /// frames to deliver: this one waits, so that order holds across a
     /// reconnection.
     behind: Option<ConnId>,
+    /// With TLS: the node id named by the dialer's certificate.
+    tls_node: Option<u64>,
 }
 
 pub(crate) struct Reader<M: Message> {
@@ -273,8 +275,15 @@ impl<M: Message> Reader<M> {
                         queued: false,
                         snap: None,
                         behind: None,
+                        tls_node: None,
                     },
                 );
+            }
+            #[cfg(feature = "tls")]
+            ReaderMsg::Identity { conn, node } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.tls_node = Some(node);
+                }
             }
             ReaderMsg::Data { conn, bytes } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -772,6 +781,16 @@ impl<M: Message> Reader<M> {
         let cfg = &self.inner.config;
         let hello = match parsed {
             Err(_) => {
+                let g = &self.inner.global;
+                if matches!(&c.state, State::Hello(b) if b.first() == Some(&0x16))
+                    && rate_limit(&g.tls_logged_at, self.inner.now(), cfg.log_interval)
+                {
+                    warn!(
+                        "node {}: the connection from {:?} starts like a TLS handshake, but \
+                         this node runs without TLS (is Config::tls missing here?)",
+                        cfg.node_id, c.peer_addr
+                    );
+                }
                 self.violation(id, c, None, None, ProtocolViolation::BadHello);
                 return;
             }
@@ -788,9 +807,20 @@ impl<M: Message> Reader<M> {
             Ok(HelloParse::Hello(h)) => h,
         };
         let reporter = &self.reporter;
-        match hello.check(cfg.cluster_id, cfg.node_id, |from| {
-            reporter.is_id_removed(from)
-        }) {
+        let checked = hello
+            .check(cfg.cluster_id, cfg.node_id, |from| {
+                reporter.is_id_removed(from)
+            })
+            .and_then(|lane| {
+                // With TLS, the certificate says who the dialer is.
+                if cfg.has_tls() && c.tls_node != Some(hello.from) {
+                    self.inner.global.tls.wrong_identity.fetch_add(1, Relaxed);
+                    Err(RejectReason::IdentityMismatch)
+                } else {
+                    Ok(lane)
+                }
+            });
+        match checked {
             Ok(lane) => {
                 self.inner.global.inbound_accepted.fetch_add(1, Relaxed);
                 debug!(
@@ -826,6 +856,10 @@ impl<M: Message> Reader<M> {
                     RejectReason::WrongReceiver => {
                         format!("it meant to reach node {}", hello.to)
                     }
+                    RejectReason::IdentityMismatch => format!(
+                        "(certificate: node {})",
+                        c.tls_node.map_or("?".to_string(), |n| n.to_string())
+                    ),
                     _ => String::new(),
                 };
                 self.reject(id, c, Some(hello.from), reason, &detail);

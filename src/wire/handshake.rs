@@ -97,6 +97,9 @@ pub enum RejectReason {
     SameId = 6,
     /// Flags that this version does not understand were set.
     BadFlags = 7,
+    /// The hello's sender id is not the node id named by the dialer's TLS
+    /// certificate (only with TLS).
+    IdentityMismatch = 8,
 }
 
 impl RejectReason {
@@ -110,6 +113,7 @@ impl RejectReason {
             5 => RejectReason::UnknownLane,
             6 => RejectReason::SameId,
             7 => RejectReason::BadFlags,
+            8 => RejectReason::IdentityMismatch,
             _ => return None,
         })
     }
@@ -124,6 +128,7 @@ impl RejectReason {
             RejectReason::UnknownLane => "unknown_lane",
             RejectReason::SameId => "same_id",
             RejectReason::BadFlags => "bad_flags",
+            RejectReason::IdentityMismatch => "identity_mismatch",
         }
     }
 }
@@ -138,6 +143,9 @@ impl fmt::Display for RejectReason {
             RejectReason::UnknownLane => "unknown lane",
             RejectReason::SameId => "sender has the receiver's own id",
             RejectReason::BadFlags => "unknown hello flags",
+            RejectReason::IdentityMismatch => {
+                "sender id differs from the node id in its TLS certificate"
+            }
         })
     }
 }
