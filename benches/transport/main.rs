@@ -237,8 +237,8 @@ impl Job {
         };
         match (self.imp, self.workload) {
             (raw_tcp::IMPL, _) => raw_tcp::run(&w, &plan)?,
-            (_, Workload::W1) => pair::throughput::<W1Msg>(&w, &plan)?,
-            _ => pair::throughput::<Envelope>(&w, &plan)?,
+            (imp, Workload::W1) => pair::throughput::<W1Msg>(imp, &w, &plan)?,
+            (imp, _) => pair::throughput::<Envelope>(imp, &w, &plan)?,
         }
         Ok(())
     }
@@ -254,15 +254,20 @@ fn all_jobs() -> Vec<Job> {
         imp: raw_tcp::IMPL,
         workload,
     };
-    let mut jobs = vec![
-        raw(Workload::W1),
-        rw(Workload::W1),
-        raw(Workload::W2),
-        rw(Workload::W2),
-        rw(Workload::W3Idle),
-        rw(Workload::W3Load),
-        rw(Workload::W4),
-    ];
+    #[cfg(feature = "tls")]
+    let tls = |workload| {
+        vec![Job {
+            imp: pair::IMPL_TLS,
+            workload,
+        }]
+    };
+    #[cfg(not(feature = "tls"))]
+    let tls = |_: Workload| Vec::<Job>::new();
+    let mut jobs = vec![raw(Workload::W1), rw(Workload::W1)];
+    jobs.extend(tls(Workload::W1));
+    jobs.extend([raw(Workload::W2), rw(Workload::W2)]);
+    jobs.extend(tls(Workload::W2));
+    jobs.extend([rw(Workload::W3Idle), rw(Workload::W3Load), rw(Workload::W4)]);
     for size in CURVE_SIZES {
         jobs.push(raw(Workload::Curve(size)));
         jobs.push(rw(Workload::Curve(size)));

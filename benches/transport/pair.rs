@@ -18,6 +18,36 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const IMPL: &str = "raftwire";
+/// The same transport with mutual TLS on every connection (feature `tls`).
+pub const IMPL_TLS: &str = "raftwire-tls";
+
+/// A CA and node certificates made in this process (never stored), so that
+/// the TLS runs need no files.
+#[cfg(feature = "tls")]
+fn bench_tls(node_id: u64, cluster_id: u64) -> raftwire::tls::TlsConfig {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, Issuer, KeyPair};
+    use std::sync::OnceLock;
+    static CA: OnceLock<(String, Issuer<'static, KeyPair>)> = OnceLock::new();
+    let (ca_pem, issuer) = CA.get_or_init(|| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("CA key");
+        let pem = p.self_signed(&key).expect("CA certificate").pem();
+        (pem, Issuer::new(p, key))
+    });
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("node params");
+    let uri = raftwire::tls::node_uri(cluster_id, node_id);
+    p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("URI"))];
+    p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
+    let key = KeyPair::generate().expect("node key");
+    let cert = p.signed_by(&key, issuer).expect("node certificate").pem();
+    raftwire::tls::TlsConfig::from_pem(
+        cert.as_bytes(),
+        key.serialize_pem().as_bytes(),
+        ca_pem.as_bytes(),
+    )
+    .expect("TLS config")
+}
 
 type Error = Box<dyn std::error::Error>;
 
@@ -108,8 +138,16 @@ impl BenchMsg for raft::eraftpb::Message {
 /// `WINDOW` messages, and the append lane `WINDOW` messages of the largest
 /// payload the workload sends. (The receive-side bounds never drop: a full
 /// receive channel is backpressure.)
-pub fn config<M: BenchMsg>(node_id: u64, append_payload: usize) -> Config {
+pub fn config<M: BenchMsg>(node_id: u64, append_payload: usize, imp: &str) -> Config {
     let mut c = Config::new(node_id, "127.0.0.1:0".parse().unwrap());
+    if imp == IMPL_TLS {
+        #[cfg(feature = "tls")]
+        {
+            c.tls = Some(bench_tls(node_id, c.cluster_id));
+        }
+        #[cfg(not(feature = "tls"))]
+        panic!("{IMPL_TLS} needs the tls feature");
+    }
     let append_len = M::append(vec![0; append_payload]).encoded_len();
     c.send_queue_len = c.send_queue_len.max(WINDOW as usize);
     c.append_queue_bytes = c.append_queue_bytes.max(WINDOW as usize * append_len);
@@ -124,13 +162,17 @@ pub struct Pair<M: BenchMsg> {
 
 impl<M: BenchMsg> Pair<M> {
     pub fn start(append_payload: usize) -> Result<Pair<M>, Error> {
-        Pair::start_with(append_payload, NoopReporter)
+        Pair::start_with(append_payload, NoopReporter, IMPL)
     }
 
-    /// A pair whose sender reports to `reporter`.
-    pub fn start_with(append_payload: usize, reporter: impl Reporter) -> Result<Pair<M>, Error> {
-        let tx = Transport::start(config::<M>(1, append_payload), reporter)?;
-        let rx = Transport::start(config::<M>(2, append_payload), NoopReporter)?;
+    /// A pair of implementation `imp` whose sender reports to `reporter`.
+    pub fn start_with(
+        append_payload: usize,
+        reporter: impl Reporter,
+        imp: &str,
+    ) -> Result<Pair<M>, Error> {
+        let tx = Transport::start(config::<M>(1, append_payload, imp), reporter)?;
+        let rx = Transport::start(config::<M>(2, append_payload, imp), NoopReporter)?;
         tx.add_peer(2, &[rx.local_addr()])?;
         rx.add_peer(1, &[tx.local_addr()])?;
         for (t, peer) in [(&tx, 2), (&rx, 1)] {
@@ -318,8 +360,8 @@ fn print_config(c: &Config, msg: &str) {
 
 /// W1, W2 and the curve points: append-class messages of one size under the
 /// window, built before the clock starts, sent one per `send` call.
-pub fn throughput<M: BenchMsg>(workload: &str, plan: &Plan) -> Result<(), Error> {
-    let pair = Pair::<M>::start(plan.payload_len)?;
+pub fn throughput<M: BenchMsg>(imp: &str, workload: &str, plan: &Plan) -> Result<(), Error> {
+    let pair = Pair::<M>::start_with(plan.payload_len, NoopReporter, imp)?;
     let s = Shared::new(None);
     let consumer = spawn_consumer(pair.rx.messages().clone(), s.clone());
     let payload = pattern(plan.payload_len);
@@ -374,10 +416,10 @@ pub fn throughput<M: BenchMsg>(workload: &str, plan: &Plan) -> Result<(), Error>
         .end
         .ok_or("consumer ended without the last message")?;
     let m = Throughput::between(start, end, count, s.bytes.load(Relaxed) - bytes0);
-    m.emit(IMPL, workload);
-    emit(IMPL, workload, "dropped", pair.drops() as f64);
+    m.emit(imp, workload);
+    emit(imp, workload, "dropped", pair.drops() as f64);
     info(&format!(
-        "{IMPL} {workload}: {}, warm-up {warm} msgs, timed {count} msgs of {} B",
+        "{imp} {workload}: {}, warm-up {warm} msgs, timed {count} msgs of {} B",
         M::NAME,
         plan.payload_len
     ));
@@ -598,7 +640,7 @@ fn peak_rss_mib() -> Option<f64> {
 /// `send_snapshot` call to then; peak RSS of the whole process.
 pub fn w4(workload: &str, scale: &Scale) -> Result<(), Error> {
     let (reporter, events) = ChannelReporter::new();
-    let pair = Pair::<Envelope>::start_with(HB_PAYLOAD, reporter)?;
+    let pair = Pair::<Envelope>::start_with(HB_PAYLOAD, reporter, IMPL)?;
     let size = scale.w4_size;
     let (first_tx, first_rx) = crossbeam_channel::bounded(1);
     let source = PatternSource {

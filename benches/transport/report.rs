@@ -305,6 +305,45 @@ pub fn markdown(aggs: &[Agg]) -> String {
         );
     }
 
+    let tls = pair::IMPL_TLS;
+    let tls_rows = [
+        ("w1", "msgs_per_s"),
+        ("w1", "cpu_us_per_msg"),
+        ("w2", "payload_MBps"),
+        ("w2", "cpu_us_per_msg"),
+    ];
+    if tls_rows
+        .iter()
+        .any(|(w, m)| find(aggs, tls, w, m).is_some())
+    {
+        let _ = writeln!(
+            s,
+            "\nTLS cost (feature `tls`: mutual TLS 1.3, rustls with ring), as ratios to the \
+             plaintext run of the same invocation:\n"
+        );
+        let _ = writeln!(
+            s,
+            "| workload | metric | raftwire-tls median (min–max) | raftwire median (min–max) | tls / plaintext | tls / raw |"
+        );
+        let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: |");
+        for (w, m) in tls_rows {
+            let t = find(aggs, tls, w, m);
+            let ratio = |b: Option<&Agg>| match (t, b) {
+                (Some(a), Some(b)) if b.value != 0.0 => ratio_text(a.value / b.value, m),
+                _ => String::new(),
+            };
+            let plain = find(aggs, rw, w, m);
+            let _ = writeln!(
+                s,
+                "| {w} | {m} | {} | {} | {} | {} |",
+                cell(t),
+                cell(plain),
+                ratio(plain),
+                ratio(find(aggs, raw, w, m)),
+            );
+        }
+    }
+
     let curve: Vec<usize> = CURVE_SIZES
         .into_iter()
         .filter(|&size| {
