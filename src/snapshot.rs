@@ -15,7 +15,11 @@ use crate::io::{Batch, ConnId, LoopCmd, LoopHandle, ReaderMsg};
 use crate::message::Message;
 use crate::reporter::{Reporter, SnapshotStatus};
 use crate::stats::PeerCounters;
-use crate::wire::{AckStatus, FrameKind, Lane, SnapshotBegin, SnapshotEnd, encode_frame};
+use crate::wire::crc::Combiner;
+use crate::wire::frame::seal_chunk_frame;
+use crate::wire::{
+    AckStatus, FRAME_HEADER_LEN, FrameKind, Lane, SnapshotBegin, SnapshotEnd, encode_frame,
+};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
 use log::{info, warn};
 use std::fmt;
@@ -52,7 +56,8 @@ impl<M: fmt::Debug> fmt::Debug for IncomingSnapshot<M> {
 
 /// What the reader thread passes to a [`SnapshotReader`].
 pub(crate) enum SnapItem {
-    Chunk(Vec<u8>),
+    /// Data, and its CRC-32C when the reader thread computed it already.
+    Chunk(Vec<u8>, Option<u32>),
     End(SnapshotEnd),
 }
 
@@ -78,6 +83,7 @@ pub struct SnapshotReader {
     size: u64,
     received: u64,
     crc: u32,
+    combiner: Combiner,
     state: ReadState,
     conn: ConnId,
     peer: u64,
@@ -129,6 +135,7 @@ impl SnapshotReader {
             size: p.size,
             received: 0,
             crc: 0,
+            combiner: Combiner::default(),
             state: ReadState::Reading,
             conn: p.conn,
             peer: p.peer,
@@ -187,7 +194,7 @@ impl SnapshotReader {
             let _ = self.reader_wake.send(ReaderMsg::Wake { conn: self.conn });
         }
         match item {
-            SnapItem::Chunk(c) => {
+            SnapItem::Chunk(c, crc) => {
                 self.received += c.len() as u64;
                 if self.received > self.size {
                     let why = format!("more data than the announced {} bytes", self.size);
@@ -197,7 +204,10 @@ impl SnapshotReader {
                         why,
                     ));
                 }
-                self.crc = crc32c::crc32c_append(self.crc, &c);
+                self.crc = match crc {
+                    Some(p) => self.combiner.combine(self.crc, p, c.len()),
+                    None => crc32c::crc32c_append(self.crc, &c),
+                };
                 self.cur = c;
                 self.pos = 0;
                 Ok(true)
@@ -403,10 +413,10 @@ impl Streamer {
     /// failure (the receiver gave up).
     fn handle(&mut self, e: SnapEvent) -> Result<Option<AckStatus>, String> {
         match e {
-            SnapEvent::Written(mut buf) => {
+            SnapEvent::Written(buf) => {
                 self.inflight -= 1;
                 self.progress = Instant::now();
-                buf.clear();
+                // Kept at its length: refilling it overwrites, no zeroing.
                 self.spare.push(buf);
                 Ok(None)
             }
@@ -458,6 +468,7 @@ impl Streamer {
         // Stream the data.
         let mut sent: u64 = 0;
         let mut crc = 0u32;
+        let mut combiner = Combiner::default();
         loop {
             while self.inflight >= cfg.snapshot_inflight_chunks {
                 let e = self.next_event(job)?;
@@ -475,24 +486,16 @@ impl Streamer {
                 .pop()
                 .unwrap_or_else(|| Vec::with_capacity(cfg.snapshot_chunk_len + 64));
             let want = (job.size - sent).min(cfg.snapshot_chunk_len as u64) as usize;
-            let mut read_err = None;
-            let mut got = 0;
             // Read at least one byte past the announced size to catch data
-            // that is longer than announced.
+            // that is longer than announced. `snapshot_chunk_len` is at most
+            // `max_frame_len` (Config::validate), so the frame fits.
             let probe = if want == 0 { 1 } else { want };
-            let encoded = encode_frame(&mut frame, FrameKind::SnapshotChunk, max, |b| {
-                let start = b.len();
-                b.resize(start + probe, 0);
-                match read_full(data, &mut b[start..]) {
-                    Ok(n) => got = n,
-                    Err(e) => read_err = Some(e),
-                }
-                b.truncate(start + got);
-            });
-            if let Some(e) = read_err {
-                return Err(format!("reading the snapshot data failed: {e}"));
-            }
-            encoded.map_err(|n| format!("chunk of {n} bytes exceeds max_frame_len"))?;
+            // A reused buffer keeps its length: only growth is zeroed.
+            frame.resize(FRAME_HEADER_LEN + probe, 0);
+            let got = read_full(data, &mut frame[FRAME_HEADER_LEN..])
+                .map_err(|e| format!("reading the snapshot data failed: {e}"))?;
+            frame.truncate(FRAME_HEADER_LEN + got);
+            let payload_crc = seal_chunk_frame(&mut frame, &mut combiner);
             if want == 0 {
                 if got > 0 {
                     return Err(format!(
@@ -509,7 +512,7 @@ impl Streamer {
                     job.size
                 ));
             }
-            crc = crc32c::crc32c_append(crc, &frame[frame.len() - got..]);
+            crc = combiner.combine(crc, payload_crc, got);
             sent += got as u64;
             job.counters
                 .lane(Lane::Snapshot)

@@ -159,6 +159,8 @@ pub(crate) struct EventLoop {
     next_timer: Instant,
     seed: u64,
     stopping: bool,
+    /// Read buffers handed back by the reader, for reuse.
+    spent: Receiver<Vec<u8>>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<crate::tls::TlsContext>>,
 }
@@ -198,6 +200,7 @@ impl EventLoop {
         reader_tx: Sender<ReaderMsg>,
         notice_tx: Sender<Notice>,
         global: Arc<GlobalCounters>,
+        spent: Receiver<Vec<u8>>,
         #[cfg(feature = "tls")] tls: Option<Arc<crate::tls::TlsContext>>,
     ) -> io::Result<EventLoop> {
         let addr = config.listen_addr;
@@ -240,6 +243,7 @@ impl EventLoop {
             next_timer: Instant::now(),
             seed,
             stopping: false,
+            spent,
             #[cfg(feature = "tls")]
             tls,
         })
@@ -883,7 +887,15 @@ impl EventLoop {
                             // copy); a small one is copied out to its size,
                             // so that buffered bytes stay close to `inflight`.
                             let bytes = if n >= self.scratch.len() / 2 {
-                                let fresh = vec![0u8; self.config.read_chunk_len];
+                                let len = self.config.read_chunk_len;
+                                let fresh = match self.spent.try_recv() {
+                                    // Only its tail past the last read is zeroed.
+                                    Ok(mut b) => {
+                                        b.resize(len, 0);
+                                        b
+                                    }
+                                    Err(_) => vec![0u8; len],
+                                };
                                 let mut full = std::mem::replace(&mut self.scratch, fresh);
                                 full.truncate(n);
                                 full

@@ -192,6 +192,7 @@ pub(crate) struct Reader<M: Message> {
     snapshots: Delivery<IncomingSnapshot<M>>,
     /// For `SnapshotReader`s to wake this thread.
     wake_tx: Sender<ReaderMsg>,
+    spent: Sender<Vec<u8>>,
     incoming_snapshots: Arc<AtomicUsize>,
     stop: Receiver<()>,
     conns: HashMap<ConnId, InConn>,
@@ -205,6 +206,8 @@ pub(crate) struct Outputs<M> {
     pub snapshots: Sender<IncomingSnapshot<M>>,
     /// A sender into the reader's own input, for snapshot wake-ups.
     pub wake_tx: Sender<ReaderMsg>,
+    /// Spent read buffers go back to the event loop for its next reads.
+    pub spent: Sender<Vec<u8>>,
 }
 
 impl<M: Message> Reader<M> {
@@ -226,6 +229,7 @@ impl<M: Message> Reader<M> {
             proposals: Delivery::new(out.proposals, max_bytes),
             snapshots: Delivery::new(out.snapshots, max_bytes),
             wake_tx: out.wake_tx,
+            spent: out.spent,
             incoming_snapshots: Arc::new(AtomicUsize::new(0)),
             stop,
             conns: HashMap::new(),
@@ -363,6 +367,12 @@ impl<M: Message> Reader<M> {
                     id,
                     &self.loop_handle,
                 );
+                // A full-size read buffer is worth reusing (no allocation
+                // and no zeroing for the loop's next read); the pool is
+                // small and bounded, the rest is freed.
+                if chunk.capacity() == self.inner.config.read_chunk_len {
+                    let _ = self.spent.try_send(chunk);
+                }
             }
             result?;
             if parked {
@@ -553,7 +563,7 @@ impl<M: Message> Reader<M> {
                         ..
                     },
                 ) => {
-                    *pending = Some(SnapItem::Chunk(frame.payload.to_vec()));
+                    *pending = Some(SnapItem::Chunk(frame.payload.to_vec(), frame.payload_crc));
                     if push(tx, pending, parking) == Flow::Park {
                         flow = Flow::Park;
                     }
@@ -565,7 +575,10 @@ impl<M: Message> Reader<M> {
                         Ok(Some(SnapIn::Finished))
                     } else {
                         buf.extend_from_slice(frame.payload);
-                        *crc = crc32c::crc32c_append(*crc, frame.payload);
+                        *crc = match frame.payload_crc {
+                            Some(p) => crate::wire::crc::combine(*crc, p, frame.payload.len()),
+                            None => crc32c::crc32c_append(*crc, frame.payload),
+                        };
                         Ok(None)
                     }
                 }

@@ -13,6 +13,7 @@
 //! receiver's limit as soon as the 12-byte header is complete, before any
 //! buffer is grown for the payload.
 
+use super::crc::Combiner;
 use byteorder::{BigEndian, ByteOrder};
 use std::fmt;
 
@@ -76,7 +77,15 @@ pub struct Frame<'a> {
     pub kind: FrameKind,
     /// The payload bytes (checksum already verified).
     pub payload: &'a [u8],
+    /// The CRC-32C of the payload alone, when the decoder computed it on
+    /// the way (snapshot chunks of at least [`PAYLOAD_CRC_MIN`] bytes): a
+    /// caller that checksums the payload again can use this instead.
+    pub payload_crc: Option<u32>,
 }
+
+/// Snapshot chunks at least this long are checksummed payload first, and
+/// the payload's own checksum is handed on ([`Frame::payload_crc`]).
+pub const PAYLOAD_CRC_MIN: usize = 4096;
 
 /// Why a byte stream is not a valid sequence of frames. Every variant means
 /// the peer misbehaved (or the bytes were damaged): the connection is closed.
@@ -156,15 +165,44 @@ fn checksum(header8: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(header8), payload)
 }
 
-fn verify(frame: &[u8], h: &Header) -> Result<(), FrameError> {
-    let actual = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..]);
+/// Checks a frame's checksum; returns the payload's own checksum when it
+/// was computed on the way (large snapshot chunks).
+fn verify(frame: &[u8], h: &Header, combiner: &mut Combiner) -> Result<Option<u32>, FrameError> {
+    let payload = &frame[FRAME_HEADER_LEN..];
+    let (actual, payload_crc) =
+        if h.kind == FrameKind::SnapshotChunk && payload.len() >= PAYLOAD_CRC_MIN {
+            let p = crc32c::crc32c(payload);
+            let whole = combiner.combine(crc32c::crc32c(&frame[0..8]), p, payload.len());
+            (whole, Some(p))
+        } else {
+            (checksum(&frame[0..8], payload), None)
+        };
     if actual != h.crc {
         return Err(FrameError::BadChecksum {
             expected: h.crc,
             actual,
         });
     }
-    Ok(())
+    Ok(payload_crc)
+}
+
+/// Appends a snapshot chunk frame whose payload is already in `out`
+/// after `start + FRAME_HEADER_LEN`, filling in the header at `start`.
+/// Returns the payload's own CRC-32C (computed once, for both the frame
+/// checksum and the caller's checksum of the whole snapshot).
+pub(crate) fn seal_chunk_frame(out: &mut [u8], combiner: &mut Combiner) -> u32 {
+    let payload_len = out.len() - FRAME_HEADER_LEN;
+    BigEndian::write_u32(&mut out[0..4], payload_len as u32);
+    out[4] = FrameKind::SnapshotChunk as u8;
+    out[5..8].fill(0);
+    let p = crc32c::crc32c(&out[FRAME_HEADER_LEN..]);
+    let crc = if payload_len >= PAYLOAD_CRC_MIN {
+        combiner.combine(crc32c::crc32c(&out[0..8]), p, payload_len)
+    } else {
+        checksum(&out[0..8], &out[FRAME_HEADER_LEN..])
+    };
+    BigEndian::write_u32(&mut out[8..12], crc);
+    p
 }
 
 /// Appends one frame to `out`: reserves the header, lets `write_payload`
@@ -229,6 +267,7 @@ pub fn heartbeat_frame() -> [u8; FRAME_HEADER_LEN] {
 /// ```
 #[derive(Debug)]
 pub struct Deframer {
+    combiner: Combiner,
     partial: Vec<u8>,
     partial_done: bool,
     max_len: u32,
@@ -239,6 +278,7 @@ impl Deframer {
     /// A decoder accepting payloads of at most `max_len` bytes.
     pub fn new(max_len: u32) -> Deframer {
         Deframer {
+            combiner: Combiner::default(),
             partial: Vec::new(),
             partial_done: false,
             max_len,
@@ -340,13 +380,15 @@ impl<'d, 'i> Cursor<'d, 'i> {
                 return None;
             }
         }
-        if let Err(e) = verify(&self.d.partial, &h) {
-            return self.fail(e);
-        }
+        let payload_crc = match verify(&self.d.partial, &h, &mut self.d.combiner) {
+            Ok(p) => p,
+            Err(e) => return self.fail(e),
+        };
         self.d.partial_done = true;
         Some(Ok(Frame {
             kind: h.kind,
             payload: &self.d.partial[FRAME_HEADER_LEN..total],
+            payload_crc,
         }))
     }
 
@@ -371,12 +413,14 @@ impl<'d, 'i> Cursor<'d, 'i> {
         let input: &'i [u8] = self.input;
         let frame = &input[..total];
         self.input = &input[total..];
-        if let Err(e) = verify(frame, &h) {
-            return self.fail(e);
-        }
+        let payload_crc = match verify(frame, &h, &mut self.d.combiner) {
+            Ok(p) => p,
+            Err(e) => return self.fail(e),
+        };
         Some(Ok(Frame {
             kind: h.kind,
             payload: &frame[FRAME_HEADER_LEN..],
+            payload_crc,
         }))
     }
 }
@@ -384,6 +428,54 @@ impl<'d, 'i> Cursor<'d, 'i> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_chunks_are_ordinary_frames_with_their_payload_crc() {
+        let mut combiner = Combiner::default();
+        for len in [0usize, 1, 4095, 4096, 4097, 65_536, 1 << 20] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 131 + len) as u8).collect();
+            // The same bytes as the generic encoder: the wire is unchanged.
+            let mut generic = Vec::new();
+            encode_frame(&mut generic, FrameKind::SnapshotChunk, 1 << 21, |b| {
+                b.extend_from_slice(&payload)
+            })
+            .unwrap();
+            let mut sealed = vec![0xAA; FRAME_HEADER_LEN];
+            sealed.extend_from_slice(&payload);
+            let p = seal_chunk_frame(&mut sealed, &mut combiner);
+            assert_eq!(sealed, generic, "{len}");
+            assert_eq!(p, crc32c::crc32c(&payload));
+            // Decoded whole and split, the payload CRC comes along for large chunks.
+            for split in [sealed.len(), sealed.len() / 2 + 1] {
+                let mut d = Deframer::new(1 << 21);
+                let mut c = d.feed(&sealed[..split]);
+                let f = match c.next() {
+                    Some(f) => f.unwrap(),
+                    None => {
+                        let mut c = d.feed(&sealed[split..]);
+                        let f = c.next().unwrap().unwrap();
+                        assert_eq!(f.payload, &payload[..]);
+                        assert_eq!(f.payload_crc, (len >= PAYLOAD_CRC_MIN).then_some(p));
+                        continue;
+                    }
+                };
+                assert_eq!(f.payload, &payload[..]);
+                assert_eq!(f.payload_crc, (len >= PAYLOAD_CRC_MIN).then_some(p));
+            }
+            // Any flipped bit (a sample of positions) is caught.
+            for pos in (0..sealed.len()).step_by(sealed.len() / 7 + 1) {
+                if (5..8).contains(&pos) {
+                    continue; // reserved bytes: caught as NonZeroReserved
+                }
+                let mut bad = sealed.clone();
+                bad[pos] ^= 0x10;
+                let mut d = Deframer::new(1 << 21);
+                let mut c = d.feed(&bad);
+                let failed = c.next().map(|r| r.is_err());
+                assert!(matches!(failed, Some(true) | None), "{len} flip at {pos}");
+            }
+        }
+    }
 
     fn stream(payloads: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();

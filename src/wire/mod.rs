@@ -5,6 +5,7 @@
 //! A connection carries a [`handshake`] (hello from the dialer, response from
 //! the acceptor) and then a stream of [`frame`]s in both directions.
 
+pub(crate) mod crc;
 pub mod frame;
 pub mod handshake;
 pub mod snapshot;
