@@ -437,3 +437,29 @@ fn the_documented_openssl_commands_make_a_working_cluster() {
         assert_eq!(n.t.stats().tls.failures(), 0);
     }
 }
+
+#[test]
+fn broken_tls_and_stalled_handshakes_cost_only_their_connection() {
+    use std::io::Write;
+    let ca = ca("cluster CA");
+    let nodes = pair(&ca);
+    let addr = nodes[0].t.local_addr();
+    // A handshake record header followed by garbage.
+    let mut garbage = std::net::TcpStream::connect(addr).unwrap();
+    let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x20];
+    bytes.extend((0..32u8).map(|i| i.wrapping_mul(37)));
+    garbage.write_all(&bytes).unwrap();
+    wait_until("malformed TLS counted", 5, || {
+        nodes[0].t.stats().tls.other >= 1
+    });
+    // A client that starts a TLS record and stops: closed at the
+    // handshake timeout, like any stalled handshake.
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    stalled.write_all(&[0x16, 0x03]).unwrap();
+    wait_until("stalled TLS handshake closed", 5, || {
+        nodes[0].t.stats().handshake_timeouts >= 1
+    });
+    let s = nodes[0].t.stats();
+    assert_eq!(s.inbound_accepted, 2, "only node 2's lanes");
+    still_serving(&nodes[0], &nodes[1]);
+}

@@ -342,7 +342,7 @@ pub(crate) fn classify(e: &rustls::Error) -> TlsFailure {
         E::InvalidCertificate(c) => TlsFailure::BadCertificate(format!("{c:?}")),
         E::NoCertificatesPresented => TlsFailure::NoCertificate,
         E::AlertReceived(a) => TlsFailure::RefusedByPeer(format!("{a:?}")),
-        E::InvalidMessage(_) => TlsFailure::NotTls,
+        E::InvalidMessage(m) => TlsFailure::Other(format!("malformed TLS message: {m:?}")),
         other => TlsFailure::Other(other.to_string()),
     }
 }
