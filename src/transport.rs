@@ -17,6 +17,34 @@ use crate::wire::Lane;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, warn};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Peers by node id. Every `send` looks its target up here, so the id is
+/// hashed with one multiplication instead of SipHash: the keys are node
+/// ids the application added, not attacker-chosen, and lookups of other
+/// ids cost no more than the chains of the few keys present.
+pub(crate) type PeerMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// A multiplicative hash for `u64` ids (Fibonacci hashing, halves swapped
+/// so that both the bucket bits and the tag bits are well mixed).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -63,7 +91,7 @@ pub(crate) struct Inner<M> {
     pub config: Config,
     pub epoch: Instant,
     local_addr: SocketAddr,
-    pub peers: RwLock<HashMap<u64, Arc<PeerHandle<M>>>>,
+    pub peers: RwLock<PeerMap<Arc<PeerHandle<M>>>>,
     pub stopped: AtomicBool,
     pub global: Arc<GlobalCounters>,
     pub non_peers: Arc<PeerCounters>,
@@ -170,7 +198,7 @@ impl<M: Message> Transport<M> {
             config: config.clone(),
             epoch,
             local_addr,
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(PeerMap::default()),
             stopped: AtomicBool::new(false),
             global: global.clone(),
             non_peers: non_peers.clone(),
@@ -784,7 +812,7 @@ fn snapshot_preflight<M: Message>(
 
 fn start_inline_snapshot<M: Message>(
     inner: &Arc<Inner<M>>,
-    peers: &HashMap<u64, Arc<PeerHandle<M>>>,
+    peers: &PeerMap<Arc<PeerHandle<M>>>,
     m: M,
 ) -> Result<(), SendError<M>> {
     let size = m.encoded_len() as u64;
@@ -849,7 +877,7 @@ fn spawn_snapshot<M: Message>(
 
 fn enqueue<M: Message>(
     inner: &Inner<M>,
-    peers: &HashMap<u64, Arc<PeerHandle<M>>>,
+    peers: &PeerMap<Arc<PeerHandle<M>>>,
     m: M,
 ) -> Result<(), SendError<M>> {
     if inner.stopped.load(Relaxed) {

@@ -149,7 +149,7 @@ pub(crate) struct EventLoop {
     epoch: Instant,
     conns: HashMap<ConnId, Conn>,
     next_conn: ConnId,
-    peers: HashMap<u64, LoopPeer>,
+    peers: crate::transport::PeerMap<LoopPeer>,
     inbound_by: HashMap<(u64, Lane), ConnId>,
     snaps: HashMap<SnapId, ConnId>,
     /// An accept failed (e.g. out of file descriptors): retry from the timers.
@@ -235,7 +235,7 @@ impl EventLoop {
             epoch,
             conns: HashMap::new(),
             next_conn: FIRST_CONN,
-            peers: HashMap::new(),
+            peers: Default::default(),
             inbound_by: HashMap::new(),
             snaps: HashMap::new(),
             accept_retry: false,
