@@ -463,3 +463,93 @@ fn broken_tls_and_stalled_handshakes_cost_only_their_connection() {
     assert_eq!(s.inbound_accepted, 2, "only node 2's lanes");
     still_serving(&nodes[0], &nodes[1]);
 }
+
+/// TLS connections cut mid-record (behind a fault proxy) reconnect; every
+/// message is delivered in order or counted as dropped, and only messages
+/// in flight at a cut are lost.
+#[cfg(feature = "testing")]
+#[test]
+fn cut_tls_connections_reconnect_and_lose_nothing_silently() {
+    use raftwire::testing::FaultProxy;
+    let ca = ca("cluster CA");
+    let (n1, n2) = (member(&ca, 1), member(&ca, 2));
+    let proxy = FaultProxy::start(n2.t.local_addr()).unwrap();
+    n1.t.add_peer(2, &[proxy.addr()]).unwrap();
+    n2.t.add_peer(1, &[n1.t.local_addr()]).unwrap();
+    wait_connected(&n1.t, 2);
+    const WINDOW: u64 = 8;
+    let payload = vec![7u8; 256 << 10];
+    let total = 400u64;
+    let mut got: Vec<u64> = Vec::new();
+    let drain = |got: &mut Vec<u64>| {
+        while let Ok(m) = n2.t.messages().try_recv() {
+            got.push(u64::from_be_bytes(m.payload[..8].try_into().unwrap()));
+        }
+    };
+    // Everything before `floor` has arrived or was lost to a cut.
+    let mut floor = 0u64;
+    let mut cut_at = Vec::new();
+    for i in 0..total {
+        // At most WINDOW messages (2 MiB) outstanding, like a Raft
+        // leader's window.
+        wait_until("room in the window", 10, || {
+            drain(&mut got);
+            let next = got.last().map_or(0, |&g| g + 1).max(floor);
+            i < next + WINDOW
+        });
+        let mut p = payload.clone();
+        p[..8].copy_from_slice(&i.to_be_bytes());
+        n1.t.send(vec![Envelope::new(2, 1, MessageClass::Append, p)]);
+        if i % 100 == 50 {
+            // Cut while 256 KiB messages (many TLS records each) are moving,
+            // then wait for the new TLS connection before going on.
+            let at = std::time::Instant::now();
+            assert_eq!(proxy.cut(), 2, "both lanes cut");
+            cut_at.push(i);
+            wait_until("a new append connection", 5, || {
+                let p = n1.t.stats().peer(2);
+                p.append_lane.connected_since.is_some_and(|c| c > at)
+            });
+            floor = i + 1;
+        }
+    }
+    wait_until("the last message", 10, || {
+        drain(&mut got);
+        got.last() == Some(&(total - 1))
+    });
+    let s1 = n1.t.stats();
+    let dropped = s1.peer(2).append_lane.dropped();
+    let lost: Vec<u64> = (0..total)
+        .filter(|i| got.binary_search(i).is_err())
+        .collect();
+    println!(
+        "{} of {total} delivered, lost {lost:?}; {dropped} counted as dropped ({:?}); {} reconnects",
+        got.len(),
+        s1.peer(2).append_lane.drops,
+        s1.peer(2).reconnects
+    );
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
+    // Delivered or counted, never neither (a message whose delivery report
+    // was cut off counts as dropped in flight although it arrived).
+    assert!(
+        lost.len() as u64 <= dropped,
+        "lost {} > dropped {dropped}",
+        lost.len()
+    );
+    // Only what was in flight at a cut is lost.
+    for l in &lost {
+        assert!(
+            cut_at.iter().any(|&c| *l <= c && c < l + WINDOW + 1),
+            "message {l} lost away from the cuts at {cut_at:?}"
+        );
+    }
+    assert!(s1.peer(2).reconnects >= 4);
+    // Cuts are connection losses, not TLS refusals, and not protocol errors.
+    assert_eq!(n2.t.stats().tls.failures(), 0, "{:?}", n2.t.stats().tls);
+    assert_eq!(n2.t.stats().protocol_errors, 0);
+    still_serving(&n1, &n2);
+    proxy.stop();
+}

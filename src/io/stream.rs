@@ -25,6 +25,8 @@ pub(crate) struct Stream {
 #[cfg(feature = "tls")]
 struct Tls {
     conn: rustls::Connection,
+    /// We dialed (the TLS client).
+    client: bool,
     /// The acceptor has not looked at the first byte yet.
     sniff: bool,
     /// The handshake has completed and the loop has not been told.
@@ -46,12 +48,13 @@ impl Stream {
     pub fn tls(sock: TcpStream, conn: impl Into<rustls::Connection>) -> Stream {
         let mut conn = conn.into();
         conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-        let sniff = matches!(conn, rustls::Connection::Server(_));
+        let client = matches!(conn, rustls::Connection::Client(_));
         Stream {
             sock,
             tls: Some(Box::new(Tls {
                 conn,
-                sniff,
+                client,
+                sniff: !client,
                 established: false,
                 failure: None,
             })),
@@ -171,7 +174,7 @@ impl Tls {
             }
             match self.conn.read_tls(sock) {
                 Ok(0) => {
-                    if self.conn.is_handshaking() {
+                    if self.client && self.conn.is_handshaking() {
                         // A plaintext acceptor closes on our ClientHello.
                         return Err(self.fail(TlsFailure::NotTls, sock));
                     }
