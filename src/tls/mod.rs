@@ -58,6 +58,24 @@ pub fn node_uri(cluster_id: u64, node_id: u64) -> String {
     names::node_uri(cluster_id, node_id)
 }
 
+/// Entry points for the fuzz targets (fuzz/, built with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The DNS names and URIs of a DER certificate, or `Err` if malformed.
+    #[allow(clippy::type_complexity)]
+    pub fn subject_alt_names(der: &[u8]) -> Result<(Vec<&str>, Vec<&str>), ()> {
+        super::names::subject_alt_names(der)
+            .map(|n| (n.dns, n.uris))
+            .map_err(|_| ())
+    }
+
+    /// See `node_uri` and the SAN URI rule.
+    pub fn node_id_from_uri(uri: &str, cluster_id: u64) -> Option<u64> {
+        super::names::node_id_from_uri(uri, cluster_id)
+    }
+}
+
 /// A verified peer certificate, as shown to a [`PeerIdentity::Custom`]
 /// function.
 #[derive(Debug)]
