@@ -327,9 +327,9 @@ impl TlsContext {
                     .uris
                     .iter()
                     .filter_map(|u| names::node_id_from_uri(u, self.cluster_id));
-                match (ids.next(), ids.next()) {
-                    (Some(id), None) if id != 0 => Ok(id),
-                    (Some(id), Some(other)) if id == other && id != 0 => Ok(id),
+                let first = ids.next().filter(|&id| id != 0);
+                match first {
+                    Some(id) if ids.all(|other| other == id) => Ok(id),
                     _ => Err(TlsFailure::NoIdentity),
                 }
             }
@@ -414,5 +414,54 @@ impl ServerCertVerifier for PeerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate with these URIs, as the peer's chain.
+    fn cert(uris: &[&str]) -> CertificateDer<'static> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn ctx() -> TlsContext {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&key).unwrap();
+        let cfg = TlsConfig::new(
+            vec![ca.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            vec![ca.der().clone()],
+        );
+        TlsContext::build(&cfg, 7).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_names_one_node_of_the_cluster_or_none() {
+        let ctx = ctx();
+        let id = |uris: &[&str]| ctx.peer_id(Some(&[cert(uris)]));
+        assert_eq!(id(&["raftwire://7/3"]), Ok(3));
+        assert_eq!(id(&["raftwire://7/3", "raftwire://7/3"]), Ok(3));
+        // Other clusters' URIs are not ours and do not count.
+        assert_eq!(id(&["raftwire://8/4", "raftwire://7/3"]), Ok(3));
+        for bad in [
+            &["raftwire://7/3", "raftwire://7/4"][..],
+            &["raftwire://7/3", "raftwire://7/3", "raftwire://7/4"],
+            &["raftwire://7/0"],
+            &["raftwire://8/3"],
+            &[],
+        ] {
+            assert_eq!(id(bad), Err(TlsFailure::NoIdentity), "{bad:?}");
+        }
+        assert_eq!(ctx.peer_id(None), Err(TlsFailure::NoCertificate));
     }
 }
