@@ -6,7 +6,7 @@ use crate::io::event_loop::EventLoop;
 use crate::io::notify::Notifier;
 use crate::io::reader::{Outputs, Reader};
 use crate::io::writer::{Writer, WriterCtx};
-use crate::io::{LoopCmd, LoopHandle, Notice, PeerLink, Returned};
+use crate::io::{LoopCmd, LoopHandle, Notice, PeerLink, Queued, Returned};
 use crate::message::MessageClass;
 use crate::message::{Envelope, Message};
 use crate::reporter::Reporter;
@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 /// One lane's send queue: bounded in messages by the channel and in bytes
 /// by an atomic counter.
 pub(crate) struct LaneQueue<M> {
-    tx: Sender<M>,
+    tx: Sender<Queued<M>>,
     max_bytes: u64,
 }
 
@@ -911,11 +911,11 @@ fn enqueue<M: Message>(
         queued.fetch_sub(len, AcqRel);
         return Err(SendError::Full(m));
     }
-    match q.tx.try_send(m) {
+    match q.tx.try_send(Queued { msg: m, len }) {
         Ok(()) => Ok(()),
-        Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => {
+        Err(TrySendError::Full(q)) | Err(TrySendError::Disconnected(q)) => {
             queued.fetch_sub(len, AcqRel);
-            Err(SendError::Full(m))
+            Err(SendError::Full(q.msg))
         }
     }
 }

@@ -47,6 +47,13 @@ pub(crate) struct PeerLink {
 }
 
 /// Commands to the event loop.
+/// A message in a lane's send queue, with the encoded size `send` counted
+/// into the queue's byte bound (so the writer need not compute it again).
+pub(crate) struct Queued<M> {
+    pub msg: M,
+    pub len: u64,
+}
+
 pub(crate) enum LoopCmd {
     AddPeer {
         id: u64,

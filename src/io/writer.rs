@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::error::DropReason;
-use crate::io::{Batch, LoopCmd, LoopHandle, Notice, Returned};
+use crate::io::{Batch, LoopCmd, LoopHandle, Notice, Queued, Returned};
 use crate::message::Message;
 use crate::stats::{PeerCounters, rate_limit};
 use crate::wire::{FrameKind, Lane, encode_frame};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub(crate) struct WriterCtx<M> {
     pub peer: u64,
     pub lane: Lane,
-    pub queue: Receiver<M>,
+    pub queue: Receiver<Queued<M>>,
     pub returns: Receiver<Returned>,
     pub close: Receiver<()>,
     pub stop: Receiver<()>,
@@ -43,7 +43,7 @@ pub(crate) struct Writer<M> {
 }
 
 enum Wait<M> {
-    Msg(M),
+    Msg(Queued<M>),
     Returned(Returned),
     /// The peer was removed or the transport stopped.
     End(DropReason),
@@ -104,12 +104,12 @@ impl<M: Message> Writer<M> {
         }
         // Count what is still queued: it will never be sent.
         let mut n = 0u64;
-        for m in self.ctx.queue.try_iter() {
+        for q in self.ctx.queue.try_iter() {
             self.ctx
                 .counters
                 .lane(self.ctx.lane)
                 .queued_bytes
-                .fetch_sub(m.encoded_len() as u64, AcqRel);
+                .fetch_sub(q.len, AcqRel);
             n += 1;
         }
         if n > 0 {
@@ -210,7 +210,7 @@ impl<M: Message> Writer<M> {
 
     /// Encodes `first` and whatever else is queued, up to the batch caps,
     /// and hands the batch to the loop.
-    fn flush_batch(&mut self, first: M) {
+    fn flush_batch(&mut self, first: Queued<M>) {
         let cfg = &self.ctx.config;
         let mut buf = self
             .spare
@@ -220,10 +220,10 @@ impl<M: Message> Writer<M> {
         let mut dequeued_bytes = 0u64;
         let mut too_large = 0u64;
         let mut next = Some(first);
-        while let Some(m) = next.take() {
-            dequeued_bytes += m.encoded_len() as u64;
+        while let Some(q) = next.take() {
+            dequeued_bytes += q.len;
             match encode_frame(&mut buf, FrameKind::Message, cfg.max_frame_len, |b| {
-                m.encode(b)
+                q.msg.encode(b)
             }) {
                 Ok(()) => msgs += 1,
                 Err(_) => too_large += 1,
