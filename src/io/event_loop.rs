@@ -120,6 +120,20 @@ struct Conn {
     closing: Option<CloseReason>,
 }
 
+impl Conn {
+    fn new(stream: Stream, kind: Kind, now: Instant) -> Conn {
+        Conn {
+            stream,
+            kind,
+            out: VecDeque::new(),
+            out_pos: 0,
+            liveness: Liveness::new(now),
+            opened: now,
+            closing: None,
+        }
+    }
+}
+
 struct LoopLane {
     link: Link,
     conn: Option<ConnId>,
@@ -582,23 +596,13 @@ impl EventLoop {
                     }
                     let credit = Arc::new(Credit::default());
                     let now = Instant::now();
-                    self.conns.insert(
-                        id,
-                        Conn {
-                            stream,
-                            kind: Kind::Inbound {
-                                credit: credit.clone(),
-                                accepted: None,
-                                read_paused: false,
-                                acked: 0,
-                            },
-                            out: VecDeque::new(),
-                            out_pos: 0,
-                            liveness: Liveness::new(now),
-                            opened: now,
-                            closing: None,
-                        },
-                    );
+                    let kind = Kind::Inbound {
+                        credit: credit.clone(),
+                        accepted: None,
+                        read_paused: false,
+                        acked: 0,
+                    };
+                    self.conns.insert(id, Conn::new(stream, kind, now));
                     let _ = self.reader_tx.send(ReaderMsg::Opened {
                         conn: id,
                         peer_addr: Some(addr),
@@ -703,7 +707,8 @@ impl EventLoop {
     }
 
     /// Counts and logs (rate-limited) a connection refused by TLS.
-    fn note_tls(&self, reason: &CloseReason, who: &str) {
+    /// `who` says which connection, for the log line.
+    fn note_tls(&self, reason: &CloseReason, who: impl FnOnce() -> String) {
         if let CloseReason::Tls(f) = reason {
             self.global.tls.count(f);
             if rate_limit(
@@ -712,8 +717,9 @@ impl EventLoop {
                 self.config.log_interval,
             ) {
                 warn!(
-                    "node {}: TLS connection {who} refused: {f}",
-                    self.config.node_id
+                    "node {}: TLS connection {} refused: {f}",
+                    self.config.node_id,
+                    who()
                 );
             }
         }
@@ -752,28 +758,18 @@ impl EventLoop {
             Token(id),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.conns.insert(
-            id,
-            Conn {
-                stream,
-                kind: Kind::Outbound {
-                    peer,
-                    lane,
-                    addr,
-                    phase: Phase::Connecting,
-                    response: Vec::with_capacity(RESPONSE_LEN),
-                    deframer: Deframer::new(0),
-                    snap,
-                    written: 0,
-                    acked: 0,
-                },
-                out: VecDeque::new(),
-                out_pos: 0,
-                liveness: Liveness::new(now),
-                opened: now,
-                closing: None,
-            },
-        );
+        let kind = Kind::Outbound {
+            peer,
+            lane,
+            addr,
+            phase: Phase::Connecting,
+            response: Vec::with_capacity(RESPONSE_LEN),
+            deframer: Deframer::new(0),
+            snap,
+            written: 0,
+            acked: 0,
+        };
+        self.conns.insert(id, Conn::new(stream, kind, now));
         self.schedule(now + self.config.dial_timeout);
         Ok(id)
     }
@@ -875,14 +871,13 @@ impl EventLoop {
                     match r {
                         Ok(0) => break Some(CloseReason::Eof),
                         Ok(n) => {
-                            c.liveness.handle_read(Instant::now());
+                            let now = Instant::now();
+                            c.liveness.handle_read(now);
                             if c.closing.is_some() {
                                 continue; // rejected: discard
                             }
                             credit.inflight.fetch_add(n, SeqCst);
-                            self.next_timer = self
-                                .next_timer
-                                .min(Instant::now() + self.config.ack_interval);
+                            self.next_timer = self.next_timer.min(now + self.config.ack_interval);
                             // A mostly full read is handed over as it is (no
                             // copy); a small one is copied out to its size,
                             // so that buffered bytes stay close to `inflight`.
@@ -1271,13 +1266,6 @@ impl EventLoop {
         }
         let at = l.link.handle_failed(now);
         self.next_timer = self.next_timer.min(at);
-        if matches!(reason, CloseReason::Tls(_)) {
-            let who = format!("to peer {peer} ({lane} lane)");
-            self.note_tls(&reason, &who);
-        }
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
         p.link.connected[lane.index()].store(0, Release);
         let target = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
         let what = format!("{lane} lane to peer {peer} at {target}: {reason}");
@@ -1303,6 +1291,7 @@ impl EventLoop {
                 );
             }
         }
+        self.note_tls(&reason, || format!("to peer {peer} ({lane} lane)"));
     }
 
     /// Closes an inbound connection and tells the reader.
@@ -1310,13 +1299,10 @@ impl EventLoop {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
-        if matches!(reason, CloseReason::Tls(_)) {
-            let from = c.stream.sock().peer_addr();
-            self.note_tls(
-                &reason,
-                &format!("from {}", from.map_or("?".into(), |a| a.to_string())),
-            );
-        }
+        self.note_tls(&reason, || match c.stream.sock().peer_addr() {
+            Ok(a) => format!("from {a}"),
+            Err(_) => "from ?".into(),
+        });
         let _ = self.poll.registry().deregister(c.stream.sock_mut());
         if let Kind::Inbound {
             accepted: Some(key),
@@ -1358,7 +1344,7 @@ impl EventLoop {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
-        self.note_tls(&reason, "for a snapshot");
+        self.note_tls(&reason, || "for a snapshot".into());
         let _ = self.poll.registry().deregister(c.stream.sock_mut());
         if let Kind::Outbound {
             snap: Some(snap),
