@@ -58,22 +58,6 @@ fn assert_no_panics() {
     );
 }
 
-/// Names of this process's threads that start with `prefix`.
-fn live_threads(prefix: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            if let Ok(name) = std::fs::read_to_string(task.path().join("comm")) {
-                if name.trim_end().starts_with(prefix) {
-                    names.push(name.trim_end().to_string());
-                }
-            }
-        }
-    }
-    names.sort();
-    names
-}
-
 /// The threads of a transport, to compare before and after a fault: a
 /// thread that died (a panic) is missing afterwards. Waits until all of
 /// them (loop, reader, notifier, two writers per peer) have started and
@@ -156,10 +140,13 @@ const MIN_BYSTANDER: u64 = 50;
 /// Two nodes exchanging numbered messages both ways (one a millisecond)
 /// while a fault hits one of them elsewhere. Each receiving side is drained
 /// by a collector thread; `finish` checks that everything arrived, in
-/// order, and that their link never broke.
+/// order, that their link never broke, that neither node lost a thread,
+/// and that no transport or proxy thread panicked.
 struct Bystanders {
     a: Transport<Envelope>,
     b: Transport<Envelope>,
+    /// The threads of `a` and `b` at the start.
+    threads: (Vec<String>, Vec<String>),
     stop: Arc<AtomicBool>,
     pumps: Vec<JoinHandle<u64>>,
     /// Per direction: how many messages the pump sent so far.
@@ -171,6 +158,7 @@ struct Bystanders {
 
 impl Bystanders {
     fn start(a: &Transport<Envelope>, b: &Transport<Envelope>) -> Bystanders {
+        let threads = (threads_of(a), threads_of(b));
         let stop = Arc::new(AtomicBool::new(false));
         let mut pumps = Vec::new();
         let mut ends = Vec::new();
@@ -225,6 +213,7 @@ impl Bystanders {
         Bystanders {
             a: a.clone(),
             b: b.clone(),
+            threads,
             stop,
             pumps,
             progress,
@@ -235,6 +224,8 @@ impl Bystanders {
 
     /// Stops the traffic and checks it: every message arrived, in order,
     /// and the link between the two never dropped, reconnected or erred.
+    /// Then checks that both nodes still have the threads they started with
+    /// and that nothing panicked.
     fn finish(self) {
         // Some traffic each way even if the fault was over quickly.
         wait_until("bystander traffic", 5, || {
@@ -287,6 +278,8 @@ impl Bystanders {
             "bystanders: {} and {} messages, all delivered in order, link never broke",
             sent[0], sent[1]
         );
+        assert_eq!((threads_of(&self.a), threads_of(&self.b)), self.threads);
+        assert_no_panics();
     }
 }
 
@@ -314,6 +307,18 @@ fn proxied_pair() -> ProxiedPair {
     ProxiedPair { n1, n2, n3, proxy }
 }
 
+/// Node `from` sends numbered `Other` messages `seqs` to node `to`: all
+/// arrive, in order, with nothing from anyone else in between.
+fn send_and_expect(from: &Node, to: &Node, seqs: std::ops::Range<u64>) {
+    let (f, t) = (from.t.node_id(), to.t.node_id());
+    from.t
+        .send(seqs.clone().map(|s| numbered(t, f, MessageClass::Other, s)));
+    assert_eq!(
+        recv_seqs(to.t.messages(), f, seqs.clone().count(), 3),
+        seqs.collect::<Vec<_>>()
+    );
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -322,73 +327,26 @@ fn ms(d: Duration) -> u128 {
 
 /// An echo server for the proxy's own tests: every connection gets back
 /// what it sends. Ends when dropped.
-struct Echo {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut conns: Vec<JoinHandle<()>> = Vec::new();
+fn echo_server() -> TestServer {
+    TestServer::start(|mut s, stopping| {
+        let stopping = stopping.clone();
+        Some(thread::spawn(move || {
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut buf = [0u8; 16 << 10];
             while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let stopping = stopping.clone();
-                        conns.push(thread::spawn(move || {
-                            s.set_nonblocking(false).unwrap();
-                            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-                            let mut buf = [0u8; 16 << 10];
-                            while !stopping.load(Ordering::Relaxed) {
-                                match s.read(&mut buf) {
-                                    Ok(0) => return,
-                                    Ok(n) => {
-                                        if s.write_all(&buf[..n]).is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Err(e)
-                                        if matches!(
-                                            e.kind(),
-                                            ErrorKind::WouldBlock | ErrorKind::TimedOut
-                                        ) => {}
-                                    Err(_) => return,
-                                }
-                            }
-                        }));
+                match s.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
                     }
-                    // Polling the listener of a test server.
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(2))
-                    }
-                    Err(e) => panic!("echo accept: {e}"),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(_) => return,
                 }
             }
-            for c in conns {
-                let _ = c.join();
-            }
-        });
-        Echo {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        }))
+    })
 }
 
 fn client(addr: SocketAddr) -> TcpStream {
@@ -438,7 +396,7 @@ fn assert_reset_on_arrival(addr: SocketAddr) {
 #[test]
 fn proxy_faults_do_what_they_say_and_stop_leaves_nothing() {
     watch_panics();
-    let echo = Echo::start();
+    let echo = echo_server();
     let proxy = FaultProxy::start(echo.addr).unwrap();
     let prefix = proxy.thread_name_prefix();
     let mut a = client(proxy.addr());
@@ -576,14 +534,8 @@ fn proxy_faults_do_what_they_say_and_stop_leaves_nothing() {
 fn peer_killed_and_restarted_behind_a_proxy_is_back_within_the_backoff() {
     let ProxiedPair { n1, n2, n3, proxy } = proxied_pair();
     let addr = n2.t.local_addr();
-    let threads = (threads_of(&n1.t), threads_of(&n3.t));
     let bystanders = Bystanders::start(&n1.t, &n3.t);
-
-    n1.t.send((0..20).map(|s| numbered(2, 1, MessageClass::Other, s)));
-    assert_eq!(
-        recv_seqs(n2.t.messages(), 1, 20, 3),
-        (0..20).collect::<Vec<_>>()
-    );
+    send_and_expect(&n1, &n2, 0..20);
 
     // Kill node 2. Node 1 notices through the proxy (which passes the
     // close on) and reports it.
@@ -623,8 +575,6 @@ fn peer_killed_and_restarted_behind_a_proxy_is_back_within_the_backoff() {
         t1.stats().peer(2).reconnects >= 2
     });
     bystanders.finish();
-    assert_eq!((threads_of(&n1.t), threads_of(&n3.t)), threads);
-    assert_no_panics();
 }
 
 // ----- 2. a connection reset in the middle of a frame -----
@@ -655,7 +605,6 @@ fn check_append(m: &Envelope) -> u64 {
 #[test]
 fn connection_reset_mid_frame_reconnects_and_accounts_for_every_message() {
     let ProxiedPair { n1, n2, n3, proxy } = proxied_pair();
-    let threads = (threads_of(&n1.t), threads_of(&n3.t));
     let bystanders = Bystanders::start(&n1.t, &n3.t);
     const TOTAL: u64 = 150;
     let cut_after = [20u64, 60, 100];
@@ -793,8 +742,6 @@ fn connection_reset_mid_frame_reconnects_and_accounts_for_every_message() {
         assert!(*r < Duration::from_secs(2), "recovery took {r:?}");
     }
     bystanders.finish();
-    assert_eq!((threads_of(&n1.t), threads_of(&n3.t)), threads);
-    assert_no_panics();
     // Every message is delivered or counted as dropped at the sender
     // (possibly both: `in_flight` counts what the receiver had not yet
     // reported delivered when the connection died).
@@ -812,13 +759,8 @@ fn connection_reset_mid_frame_reconnects_and_accounts_for_every_message() {
 #[test]
 fn blackholed_peer_is_detected_within_the_read_timeout_and_recovers() {
     let ProxiedPair { n1, n2, n3, proxy } = proxied_pair();
-    let threads = (threads_of(&n1.t), threads_of(&n3.t));
     let bystanders = Bystanders::start(&n1.t, &n3.t);
-    n1.t.send((0..20).map(|s| numbered(2, 1, MessageClass::Other, s)));
-    assert_eq!(
-        recv_seqs(n2.t.messages(), 1, 20, 3),
-        (0..20).collect::<Vec<_>>()
-    );
+    send_and_expect(&n1, &n2, 0..20);
     let since_2_to_1 = n2.t.active_since(1);
 
     let holed_at = Instant::now();
@@ -886,8 +828,6 @@ fn blackholed_peer_is_detected_within_the_read_timeout_and_recovers() {
     // What went into the dead connection is not lost silently.
     assert!(delivered + s.dropped_for(DropReason::InFlight) >= s.msgs_sent);
     bystanders.finish();
-    assert_eq!((threads_of(&n1.t), threads_of(&n3.t)), threads);
-    assert_no_panics();
 }
 
 // ----- 4. slowloris -----
@@ -950,7 +890,6 @@ fn slowloris_clients_are_closed_by_the_handshake_timeout_while_a_peer_gets_in() 
     let good = node(3);
     connect_all_pair(&victim, &good);
     let joined = joined_at.elapsed();
-    let threads = (threads_of(&victim.t), threads_of(&good.t));
     let bystanders = Bystanders::start(&victim.t, &good.t);
     assert!(
         attack_start.elapsed() < Duration::from_millis(900),
@@ -984,7 +923,6 @@ fn slowloris_clients_are_closed_by_the_handshake_timeout_while_a_peer_gets_in() 
     assert_eq!(st.handshake_timeouts, CLIENTS as u64, "{st:?}");
     assert_eq!(st.protocol_errors, 0);
     assert_eq!(st.inbound_accepted, 2, "node 3's two lanes");
-    assert_eq!((threads_of(&victim.t), threads_of(&good.t)), threads);
     wait_until("only node 3's connections left", 2, || {
         t.stats().connections == 4
     });
@@ -1052,7 +990,6 @@ fn garbage_spewers_are_closed_and_counted_while_a_peer_is_unaffected() {
     let mut nodes = cluster(&[1, 3]);
     let good = nodes.pop().unwrap();
     let victim = nodes.pop().unwrap();
-    let threads = (threads_of(&victim.t), threads_of(&good.t));
     let bystanders = Bystanders::start(&victim.t, &good.t);
     let addr = victim.t.local_addr();
     let until = Instant::now() + Duration::from_secs(2);
@@ -1082,7 +1019,6 @@ fn garbage_spewers_are_closed_and_counted_while_a_peer_is_unaffected() {
     // They never got near a peer's counters.
     assert_eq!(st.peer(3).protocol_errors, 0);
     bystanders.finish();
-    assert_eq!((threads_of(&victim.t), threads_of(&good.t)), threads);
     wait_until("only node 3's connections left", 2, || {
         t.stats().connections == 4
     });

@@ -36,31 +36,11 @@ fn watch_panics() {
     }));
 }
 
-fn vm_hwm_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("VmHWM in /proc/self/status")
-        * 1024
-}
-
 /// How many threads of `t` are alive, once all of them (loop, reader,
 /// notifier, two writers per peer) have started and named themselves.
 fn threads_of(t: &Transport<Envelope>) -> usize {
     let prefix = t.thread_name_prefix();
-    let count = || {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .flatten()
-            .filter(|task| {
-                std::fs::read_to_string(task.path().join("comm"))
-                    .is_ok_and(|n| n.trim_end().starts_with(&prefix))
-            })
-            .count()
-    };
+    let count = || live_threads(&prefix).len();
     let want = 3 + 2 * t.peers().len();
     wait_until("every transport thread", 5, || count() >= want);
     count()

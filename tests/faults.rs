@@ -15,7 +15,7 @@ use raftwire::wire::{
 };
 use raftwire::{Envelope, Message, MessageClass, RejectReason, ReportEvent, Transport};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -304,6 +304,21 @@ struct BadInput {
     error_text: &'static str,
 }
 
+impl BadInput {
+    /// The usual case: a valid hello as node 2 and one valid message from
+    /// it, then `bytes`, which must close the connection and leave
+    /// `error_text` in the victim's `peer(2).last_error`.
+    fn after_a_valid_message(bytes: Vec<u8>, error_text: &'static str) -> BadInput {
+        BadInput {
+            hello: true,
+            valid_first: true,
+            bytes,
+            half_close: false,
+            error_text,
+        }
+    }
+}
+
 fn legit_from_claimed() -> Envelope {
     env(
         VICTIM,
@@ -311,6 +326,15 @@ fn legit_from_claimed() -> Envelope {
         MessageClass::Other,
         b"legit message from 2",
     )
+}
+
+/// A frame carrying `legit_from_claimed()` with a correct checksum, whose
+/// header fields (kind, flags, reserved bytes) are given: only the header
+/// can be wrong.
+fn legit_frame_with_header(kind: u8, flags: u8, reserved: [u8; 2]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    legit_from_claimed().encode(&mut payload);
+    raw_frame(payload.len() as u32, kind, flags, reserved, &payload)
 }
 
 fn bad_input(case: BadInput) {
@@ -397,13 +421,10 @@ fn garbage_instead_of_hello_is_closed_and_counted() {
 
 #[test]
 fn oversize_frame_length_is_closed_and_counted() {
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: raw_frame(u32::MAX, FrameKind::Message as u8, 0, [0, 0], &[]),
-        half_close: false,
-        error_text: "exceeds the limit",
-    });
+    bad_input(BadInput::after_a_valid_message(
+        raw_frame(u32::MAX, FrameKind::Message as u8, 0, [0, 0], &[]),
+        "exceeds the limit",
+    ));
 }
 
 #[test]
@@ -416,64 +437,31 @@ fn bad_checksum_is_closed_and_counted() {
     ));
     let last = f.len() - 1;
     f[last] ^= 0x40;
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: f,
-        half_close: false,
-        error_text: "checksum",
-    });
+    bad_input(BadInput::after_a_valid_message(f, "checksum"));
 }
 
 #[test]
 fn unknown_frame_kind_is_closed_and_counted() {
-    let mut payload = Vec::new();
-    legit_from_claimed().encode(&mut payload);
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: raw_frame(payload.len() as u32, 9, 0, [0, 0], &payload),
-        half_close: false,
-        error_text: "unknown frame kind 9",
-    });
+    bad_input(BadInput::after_a_valid_message(
+        legit_frame_with_header(9, 0, [0, 0]),
+        "unknown frame kind 9",
+    ));
 }
 
 #[test]
 fn nonzero_reserved_bytes_are_closed_and_counted() {
-    let mut payload = Vec::new();
-    legit_from_claimed().encode(&mut payload);
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: raw_frame(
-            payload.len() as u32,
-            FrameKind::Message as u8,
-            0,
-            [0, 1],
-            &payload,
-        ),
-        half_close: false,
-        error_text: "reserved",
-    });
+    bad_input(BadInput::after_a_valid_message(
+        legit_frame_with_header(FrameKind::Message as u8, 0, [0, 1]),
+        "reserved",
+    ));
 }
 
 #[test]
 fn nonzero_frame_flags_are_closed_and_counted() {
-    let mut payload = Vec::new();
-    legit_from_claimed().encode(&mut payload);
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: raw_frame(
-            payload.len() as u32,
-            FrameKind::Message as u8,
-            0x80,
-            [0, 0],
-            &payload,
-        ),
-        half_close: false,
-        error_text: "reserved",
-    });
+    bad_input(BadInput::after_a_valid_message(
+        legit_frame_with_header(FrameKind::Message as u8, 0x80, [0, 0]),
+        "reserved",
+    ));
 }
 
 #[test]
@@ -485,46 +473,34 @@ fn truncated_frame_then_eof_is_counted() {
         b"cut short by EOF",
     ));
     bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: f[..20].to_vec(),
         half_close: true,
-        error_text: "ended inside a frame",
+        ..BadInput::after_a_valid_message(f[..20].to_vec(), "ended inside a frame")
     });
 }
 
 #[test]
 fn undecodable_envelope_is_closed_and_counted() {
     // A valid frame whose payload is shorter than the 17-byte envelope header.
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: raw_frame(5, FrameKind::Message as u8, 0, [0, 0], b"short"),
-        half_close: false,
-        error_text: "decode",
-    });
+    bad_input(BadInput::after_a_valid_message(
+        raw_frame(5, FrameKind::Message as u8, 0, [0, 0], b"short"),
+        "decode",
+    ));
 }
 
 #[test]
 fn message_from_another_sender_is_closed_and_counted() {
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: message_frame(&env(VICTIM, 4, MessageClass::Other, b"spoofed sender")),
-        half_close: false,
-        error_text: "claims sender 4",
-    });
+    bad_input(BadInput::after_a_valid_message(
+        message_frame(&env(VICTIM, 4, MessageClass::Other, b"spoofed sender")),
+        "claims sender 4",
+    ));
 }
 
 #[test]
 fn message_to_another_receiver_is_closed_and_counted() {
-    bad_input(BadInput {
-        hello: true,
-        valid_first: true,
-        bytes: message_frame(&env(5, CLAIMED, MessageClass::Other, b"misrouted")),
-        half_close: false,
-        error_text: "addressed to 5",
-    });
+    bad_input(BadInput::after_a_valid_message(
+        message_frame(&env(5, CLAIMED, MessageClass::Other, b"misrouted")),
+        "addressed to 5",
+    ));
 }
 
 // ----- 2. handshake rejections, both sides -----
@@ -759,50 +735,30 @@ struct SilentServer {
     conns: Receiver<(Hello, Instant, TcpStream)>,
     /// Connections of other lanes, kept open (and silent).
     held: Vec<TcpStream>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: TestServer,
 }
 
 impl SilentServer {
     fn start() -> SilentServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, conns) = crossbeam_channel::unbounded();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                let mut s = match listener.accept() {
-                    Ok((s, _)) => s,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(1));
-                        continue;
-                    }
-                    Err(e) => panic!("accept: {e}"),
-                };
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let mut b = [0u8; HELLO_LEN];
-                if s.read_exact(&mut b).is_err() {
-                    continue;
-                }
+        let server = TestServer::start(move |mut s, _| {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; HELLO_LEN];
+            if s.read_exact(&mut b).is_ok() {
                 let hello = match Hello::decode(&b) {
                     Some(Ok(raftwire::wire::HelloParse::Hello(h))) => h,
                     other => panic!("not a hello: {other:?}"),
                 };
                 s.write_all(&Response::Accept.encode()).unwrap();
-                if tx.send((hello, Instant::now(), s)).is_err() {
-                    return;
-                }
+                let _ = tx.send((hello, Instant::now(), s));
             }
+            None
         });
         SilentServer {
-            addr,
+            addr: server.addr,
             conns,
             held: Vec::new(),
-            stop,
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -820,15 +776,6 @@ impl SilentServer {
                 return c;
             }
             self.held.push(c.2);
-        }
-    }
-}
-
-impl Drop for SilentServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
@@ -927,27 +874,28 @@ fn idle_healthy_pair_keeps_its_connections() {
             ]
         })
         .collect();
-    // An observation window of three read timeouts: nothing should happen.
-    let start = Instant::now();
-    while start.elapsed() < READ_TIMEOUT * 3 {
-        thread::sleep(Duration::from_millis(50));
-    }
-    for (n, since) in nodes.iter().zip(since) {
-        let s = n.t.stats().peer(3 - n.t.node_id());
-        assert_eq!(
-            (s.reconnects, &s.last_error),
-            (0, &None),
-            "node {}: an idle healthy connection was dropped: {s:?}",
-            n.t.node_id()
-        );
-        assert_eq!(
-            [
+    // The connections as they were, with no reconnect and no error.
+    let unchanged = || -> Result<(), String> {
+        for (n, since) in nodes.iter().zip(&since) {
+            let s = n.t.stats().peer(3 - n.t.node_id());
+            let now = [
                 s.message_lane.connected_since,
-                s.append_lane.connected_since
-            ],
-            since
-        );
-    }
+                s.append_lane.connected_since,
+            ];
+            if s.reconnects != 0 || s.last_error.is_some() || now != *since {
+                return Err(format!(
+                    "node {}: an idle healthy connection was dropped (connected since \
+                     {now:?}, was {since:?}): {s:?}",
+                    n.t.node_id()
+                ));
+            }
+        }
+        Ok(())
+    };
+    // An observation window of three read timeouts: nothing should happen,
+    // checked throughout.
+    holds_for("the idle healthy pair", READ_TIMEOUT * 3, &unchanged);
+    unchanged().unwrap();
     // And the links still carry messages.
     nodes[0].t.send([numbered(2, 1, 0)]);
     nodes[1].t.send([numbered(1, 2, 0)]);
@@ -994,8 +942,9 @@ fn client_without_hello_is_not_closed_early() {
     let n1 = node(1);
     let started = Instant::now();
     let mut s = connect(n1.t.local_addr());
-    let (_, _, _) = read_until_closed(&mut s, Duration::from_secs(3));
+    let (bytes, _, _) = read_until_closed(&mut s, Duration::from_secs(3));
     let took = started.elapsed();
+    assert!(bytes.is_empty(), "a mute client got {bytes:?}");
     println!("mute client closed {took:?} after connecting (handshake_timeout 500 ms)");
     assert!(
         took >= Duration::from_millis(450),

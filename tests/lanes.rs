@@ -52,11 +52,7 @@ fn heartbeat_latency_stays_low_while_appends_saturate_their_lane() {
                         appends += 1;
                         std::thread::sleep(Duration::from_millis(4));
                     }
-                    _ => {
-                        let sent = u64::from_be_bytes(m.payload[..8].try_into().unwrap());
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        latencies.push(Duration::from_nanos(now - sent));
-                    }
+                    _ => latencies.push(age(&m, epoch)),
                 }
             }
             (latencies, appends)
@@ -73,13 +69,8 @@ fn heartbeat_latency_stays_low_while_appends_saturate_their_lane() {
     // 100 heartbeats, one every 10 ms.
     for _ in 0..100 {
         backlog = backlog.max(t1.stats().peer(2).append_lane.queued_bytes);
-        let now = epoch.elapsed().as_nanos() as u64;
-        nodes[0].t.send([Envelope::new(
-            2,
-            1,
-            MessageClass::Other,
-            now.to_be_bytes().to_vec(),
-        )]);
+        nodes[0].t.send([stamped(2, 1, epoch)]);
+        // Pacing, not synchronisation.
         std::thread::sleep(Duration::from_millis(10));
     }
     let (mut lat, appends) = consumer.join().unwrap();

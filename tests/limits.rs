@@ -4,14 +4,21 @@
 mod common;
 use common::*;
 use raftwire::MessageClass;
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::Duration;
 
+/// Whether the transport closed `s` (EOF or reset) within 5 s. A read that
+/// times out means the connection is still open.
 fn closed_by_peer(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut b = [0u8; 16];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        Err(_) => true,
+    }
 }
 
 #[test]
@@ -39,6 +46,10 @@ fn strangers_are_evicted_to_admit_a_peer() {
     let s = n1.t.stats();
     assert_eq!(s.inbound_evicted, 8);
     assert_eq!(s.inbound_refused, 0);
+    // The two evicted for the peer were the oldest strangers left.
+    for s in strangers.iter_mut().skip(6).take(2) {
+        assert!(closed_by_peer(s), "a stranger evicted for the peer");
+    }
 }
 
 #[test]

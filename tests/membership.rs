@@ -11,10 +11,9 @@ use raftwire::{
     DropReason, Envelope, Error, MessageClass, NoopReporter, ReportEvent, SendError, Transport,
 };
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use MessageClass::{Append, Other, Proposal};
@@ -22,12 +21,6 @@ use MessageClass::{Append, Other, Proposal};
 const MS: Duration = Duration::from_millis(1);
 
 // ----- helpers -----
-
-/// An address with nothing listening on it: bind a port, then free it.
-fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// A numbered message payload.
 fn num(i: u64) -> [u8; 8] {
@@ -40,18 +33,6 @@ fn num_of(m: &Envelope) -> u64 {
 
 fn drain(events: &Receiver<ReportEvent>) {
     while events.try_recv().is_ok() {}
-}
-
-/// Polls `cond` for `dur` and fails as soon as it does not hold: checks that
-/// a state stays put (a bounded poll loop, not a sleep).
-fn holds_for(what: &str, dur: Duration, mut cond: impl FnMut() -> Result<(), String>) {
-    let until = Instant::now() + dur;
-    while Instant::now() < until {
-        if let Err(why) = cond() {
-            panic!("{what} stopped holding: {why}");
-        }
-        std::thread::sleep(MS);
-    }
 }
 
 /// How a [`FakePeer`] treats the connections it accepts.
@@ -74,36 +55,52 @@ enum FakeEvent {
     Closed(Lane),
 }
 
-/// A hand-made raftwire acceptor on a std listener, for behaviours a real
-/// transport will not show (never answering, going silent) and for
-/// watching connections from the remote side.
+/// A hand-made raftwire acceptor, for behaviours a real transport will not
+/// show (never answering, going silent) and for watching connections from
+/// the remote side.
 struct FakePeer {
-    addr: SocketAddr,
     events: Receiver<FakeEvent>,
     tcp_accepts: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    server: TestServer,
 }
 
 impl FakePeer {
     fn start(mode: FakeMode) -> FakePeer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
         let (tx, events) = crossbeam_channel::unbounded();
         let tcp_accepts = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let (tcp_accepts, stop) = (tcp_accepts.clone(), stop.clone());
-            std::thread::spawn(move || accept_loop(listener, mode, tx, tcp_accepts, stop))
-        };
+        let accepts = tcp_accepts.clone();
+        let mut held = Vec::new();
+        let mut answered = [false; 2];
+        let server = TestServer::start(move |mut s, stop| {
+            accepts.fetch_add(1, Ordering::SeqCst);
+            match mode {
+                FakeMode::Mute => held.push(s),
+                FakeMode::AcceptThenSilent => {
+                    if let Some(lane) = read_hello(&mut s) {
+                        if !answered[lane.index()] {
+                            answered[lane.index()] = true;
+                            s.write_all(&Response::Accept.encode()).unwrap();
+                            let _ = tx.send(FakeEvent::Accepted(lane));
+                        }
+                    }
+                    held.push(s);
+                }
+                FakeMode::Live => {
+                    let (tx, stop) = (tx.clone(), stop.clone());
+                    return Some(std::thread::spawn(move || serve_live(s, tx, stop)));
+                }
+            }
+            None
+        });
         FakePeer {
-            addr,
             events,
             tcp_accepts,
-            stop,
-            acceptor: Some(acceptor),
+            server,
         }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
     }
 
     fn accepts(&self) -> usize {
@@ -122,65 +119,23 @@ impl FakePeer {
             })
             .collect()
     }
-}
 
-impl Drop for FakePeer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
+    /// Expects the next two events, within `secs`, to be `event` on each
+    /// lane (in either order).
+    fn expect_on_both_lanes(&self, event: fn(Lane) -> FakeEvent, secs: u64) {
+        let mut got = self.next_events(2, secs);
+        got.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(got, vec![event(Lane::Append), event(Lane::Message)]);
     }
 }
 
 fn read_hello(s: &mut TcpStream) -> Option<Lane> {
-    s.set_nonblocking(false).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut b = [0u8; HELLO_LEN];
     s.read_exact(&mut b).ok()?;
     match Hello::decode(&b) {
         Some(Ok(HelloParse::Hello(h))) => Lane::from_u8(h.lane),
         _ => None,
-    }
-}
-
-fn accept_loop(
-    listener: TcpListener,
-    mode: FakeMode,
-    tx: Sender<FakeEvent>,
-    tcp_accepts: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut held = Vec::new();
-    let mut answered = [false; 2];
-    while !stop.load(Ordering::SeqCst) {
-        let mut s = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                // The helper's own accept poll, not test synchronisation.
-                std::thread::sleep(2 * MS);
-                continue;
-            }
-            Err(e) => panic!("fake peer accept: {e}"),
-        };
-        tcp_accepts.fetch_add(1, Ordering::SeqCst);
-        match mode {
-            FakeMode::Mute => held.push(s),
-            FakeMode::AcceptThenSilent => {
-                if let Some(lane) = read_hello(&mut s) {
-                    if !answered[lane.index()] {
-                        answered[lane.index()] = true;
-                        s.write_all(&Response::Accept.encode()).unwrap();
-                        let _ = tx.send(FakeEvent::Accepted(lane));
-                    }
-                }
-                held.push(s);
-            }
-            FakeMode::Live => {
-                let (tx, stop) = (tx.clone(), stop.clone());
-                std::thread::spawn(move || serve_live(s, tx, stop));
-            }
-        }
     }
 }
 
@@ -310,17 +265,9 @@ fn remove_peer_drops_sends_and_readding_resumes_delivery() {
 fn remove_peer_closes_its_connections_at_the_remote() {
     let fake = FakePeer::start(FakeMode::Live);
     let a = node(1);
-    a.t.add_peer(2, &[fake.addr]).unwrap();
+    a.t.add_peer(2, &[fake.addr()]).unwrap();
     wait_connected(&a.t, 2);
-    let mut lanes: Vec<FakeEvent> = fake.next_events(2, 5);
-    lanes.sort_by_key(|e| format!("{e:?}"));
-    assert_eq!(
-        lanes,
-        vec![
-            FakeEvent::Accepted(Lane::Append),
-            FakeEvent::Accepted(Lane::Message)
-        ]
-    );
+    fake.expect_on_both_lanes(FakeEvent::Accepted, 5);
     assert!(
         fake.events.is_empty(),
         "no connection closed before removal"
@@ -328,15 +275,7 @@ fn remove_peer_closes_its_connections_at_the_remote() {
     let accepts = fake.accepts();
 
     a.t.remove_peer(2).unwrap();
-    let mut closed = fake.next_events(2, 3);
-    closed.sort_by_key(|e| format!("{e:?}"));
-    assert_eq!(
-        closed,
-        vec![
-            FakeEvent::Closed(Lane::Append),
-            FakeEvent::Closed(Lane::Message)
-        ]
-    );
+    fake.expect_on_both_lanes(FakeEvent::Closed, 3);
     // A removed peer is not redialed.
     assert_eq!(
         fake.events.recv_timeout(300 * MS),
@@ -547,7 +486,7 @@ fn active_since_tracks_the_message_lane_and_clears_when_the_peer_stops() {
 fn active_since_clears_after_the_read_timeout_when_the_peer_goes_silent() {
     let fake = FakePeer::start(FakeMode::AcceptThenSilent);
     let a = node(1);
-    a.t.add_peer(2, &[fake.addr]).unwrap();
+    a.t.add_peer(2, &[fake.addr()]).unwrap();
     wait_connected(&a.t, 2);
     let since = a.t.active_since(2).unwrap();
     assert_eq!(a.t.active_peers(), vec![2]);
@@ -730,7 +669,7 @@ fn try_send_gives_the_message_back_when_the_queue_is_full() {
     let mut cfg = config(1);
     cfg.send_queue_len = 4;
     let a = start(cfg);
-    a.t.add_peer(2, &[fake.addr]).unwrap();
+    a.t.add_peer(2, &[fake.addr()]).unwrap();
     // Both lanes connected at the TCP level: batches are held from now on.
     wait_until("both lanes dialed", 5, || fake.accepts() >= 2);
 
@@ -783,7 +722,7 @@ fn try_send_reports_full_at_the_byte_bound() {
     cfg.send_queue_len = 10_000;
     cfg.message_queue_bytes = 1000;
     let a = start(cfg);
-    a.t.add_peer(2, &[fake.addr]).unwrap();
+    a.t.add_peer(2, &[fake.addr()]).unwrap();
     wait_until("both lanes dialed", 5, || fake.accepts() >= 2);
 
     let queued = fill_until_full(&a.t, 2, 200);

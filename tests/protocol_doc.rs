@@ -339,10 +339,14 @@ fn snapshot_ack_ok_example() {
     // A snapshot dialer decodes the acceptor's frames with a limit of 1.
     let (kind, payload) = one_frame(&bytes, 1);
     assert_eq!(kind, FrameKind::SnapshotAck);
-    assert_eq!(
-        raftwire::wire::AckStatus::decode(&payload),
-        Ok(raftwire::wire::AckStatus::Ok)
-    );
+    let status = raftwire::wire::AckStatus::decode(&payload);
+    assert_eq!(status, Ok(raftwire::wire::AckStatus::Ok));
+    let mut again = Vec::new();
+    encode_frame(&mut again, FrameKind::SnapshotAck, 1, |b| {
+        b.extend_from_slice(&status.unwrap().encode())
+    })
+    .unwrap();
+    assert_eq!(again, bytes);
 }
 
 #[test]

@@ -35,21 +35,11 @@ fn block() -> Vec<u8> {
         .collect()
 }
 
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_1_gib_snapshot_streams_in_constant_memory_while_heartbeats_flow() {
     let nodes = cluster(&[1, 2]);
     let (n1, n2) = (&nodes[0].t, &nodes[1].t);
-    let before = vm_hwm_kib();
+    let before = vm_hwm_bytes();
     let size: u64 = 1 << 30;
     let pattern = block();
     let t0 = Instant::now();
@@ -104,7 +94,7 @@ fn a_1_gib_snapshot_streams_in_constant_memory_while_heartbeats_flow() {
         matches!(e, ReportEvent::Snapshot(..))
     });
     assert_eq!(report, ReportEvent::Snapshot(2, SnapshotStatus::Finish));
-    let growth_mib = vm_hwm_kib().saturating_sub(before) / 1024;
+    let growth_mib = vm_hwm_bytes().saturating_sub(before) >> 20;
     println!(
         "1 GiB in {elapsed:?} ({:.0} MB/s); {beats} heartbeat round trips, slowest {} us; \
          VmHWM grew {growth_mib} MiB",

@@ -60,6 +60,28 @@ fn snapshot_msg(to: u64, from: u64) -> Envelope {
     Envelope::new(to, from, MessageClass::Snapshot, b"snapshot meta".to_vec())
 }
 
+/// Node `from` starts sending node `to` a snapshot of `size` bytes of the
+/// pattern.
+fn send_pattern(from: &Node, to: u64, size: u64) {
+    from.t
+        .send_snapshot(snapshot_msg(to, from.t.node_id()), pattern(size), size)
+        .unwrap();
+}
+
+/// Starts a 64 MiB snapshot from node 1 to node 2 of a connected pair and
+/// reads its first MiB at node 2: returns the snapshot in mid-stream.
+fn snapshot_in_mid_stream(nodes: &[Node]) -> raftwire::snapshot::IncomingSnapshot<Envelope> {
+    send_pattern(&nodes[0], 2, 64 << 20);
+    let mut inc = next_snapshot(&nodes[1]);
+    let mut buf = vec![0u8; 1 << 20];
+    inc.data.read_exact(&mut buf).unwrap();
+    assert!(
+        buf.iter().enumerate().all(|(i, &b)| b == byte_at(i as u64)),
+        "the first MiB differs"
+    );
+    inc
+}
+
 /// Collects snapshot reports for `peer` until `quiet` passes with none
 /// new, after at least one arrived (or `secs` pass).
 fn snapshot_reports(
@@ -84,22 +106,14 @@ fn snapshot_reports(
 }
 
 fn snap_threads(t: &Transport<Envelope>) -> usize {
-    let prefix = format!("{}snap", t.thread_name_prefix());
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("comm")).ok())
-        .filter(|n| n.trim_end().starts_with(&prefix))
-        .count()
+    live_threads(&format!("{}snap", t.thread_name_prefix())).len()
 }
 
 #[test]
 fn a_streamed_snapshot_arrives_intact_and_is_reported_once() {
     let nodes = cluster(&[1, 2]);
     let size = 10 << 20;
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
+    send_pattern(&nodes[0], 2, size);
     let mut inc = next_snapshot(&nodes[1]);
     assert_eq!(inc.message, snapshot_msg(2, 1));
     assert_eq!(inc.size, size);
@@ -114,11 +128,9 @@ fn a_streamed_snapshot_arrives_intact_and_is_reported_once() {
     wait_until("snapshot thread gone", 5, || snap_threads(&nodes[0].t) == 0);
     wait_settled(&nodes);
     // Empty snapshots work too.
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(0), 0)
-        .unwrap();
+    send_pattern(&nodes[0], 2, 0);
     let mut inc = next_snapshot(&nodes[1]);
+    assert_eq!(inc.size, 0);
     assert_eq!(read_and_check(&mut inc.data).unwrap(), 0);
     assert_eq!(
         snapshot_reports(&nodes[0].events, 2, 5),
@@ -227,13 +239,8 @@ fn a_corrupted_chunk_fails_the_snapshot() {
     let proxy = corrupting_proxy(n2.t.local_addr(), 2_000_000);
     n1.t.add_peer(2, &[proxy]).unwrap();
     wait_connected(&n1.t, 2);
-    let size = 8 << 20;
-    n1.t.send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
-    let mut inc =
-        n2.t.snapshots()
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap();
+    send_pattern(&n1, 2, 8 << 20);
+    let mut inc = next_snapshot(&n2);
     let err = read_and_check(&mut inc.data).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     assert_eq!(
@@ -249,14 +256,7 @@ fn a_corrupted_chunk_fails_the_snapshot() {
 #[test]
 fn receiver_stopped_mid_stream_fails_the_snapshot() {
     let nodes = cluster(&[1, 2]);
-    let size = 64 << 20;
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
-    let mut inc = next_snapshot(&nodes[1]);
-    let mut buf = vec![0u8; 1 << 20];
-    inc.data.read_exact(&mut buf).unwrap();
+    let mut inc = snapshot_in_mid_stream(&nodes);
     nodes[1].t.stop();
     // The reader fails too, with a clear error rather than a hang.
     assert!(read_and_check(&mut inc.data).is_err());
@@ -270,14 +270,7 @@ fn receiver_stopped_mid_stream_fails_the_snapshot() {
 #[test]
 fn sender_stopped_mid_stream_reports_failure_once() {
     let nodes = cluster(&[1, 2]);
-    let size = 64 << 20;
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
-    let mut inc = next_snapshot(&nodes[1]);
-    let mut buf = vec![0u8; 1 << 20];
-    inc.data.read_exact(&mut buf).unwrap();
+    let mut inc = snapshot_in_mid_stream(&nodes);
     let t0 = Instant::now();
     nodes[0].t.stop();
     assert!(t0.elapsed() < Duration::from_secs(1));
@@ -297,12 +290,8 @@ fn a_receiver_that_stops_reading_fails_the_snapshot_after_the_progress_timeout()
     c1.snapshot_progress_timeout = Duration::from_millis(500);
     let nodes = vec![start(c1), node(2)];
     connect_all(&nodes);
-    let size = 256 << 20;
     let t0 = Instant::now();
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
+    send_pattern(&nodes[0], 2, 256 << 20);
     let inc = next_snapshot(&nodes[1]);
     // Hold the reader without reading.
     assert_eq!(
@@ -319,7 +308,7 @@ fn a_receiver_that_stops_reading_fails_the_snapshot_after_the_progress_timeout()
     drop(inc);
     // Messages kept flowing.
     nodes[0].t.send([env(2, 1, MessageClass::Other, b"ok")]);
-    recv_n(nodes[1].t.messages(), 1, 5);
+    assert_eq!(recv_n(nodes[1].t.messages(), 1, 5)[0].payload, b"ok");
 }
 
 #[test]
@@ -330,10 +319,7 @@ fn the_concurrency_limit_fails_the_extra_snapshot_at_once() {
     connect_all(&nodes);
     let size = 4 << 20;
     for _ in 0..3 {
-        nodes[0]
-            .t
-            .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-            .unwrap();
+        send_pattern(&nodes[0], 2, size);
     }
     // The third fails at once, before anything is read.
     let first = wait_event(&nodes[0].events, 5, |e| {
@@ -354,15 +340,9 @@ fn the_concurrency_limit_fails_the_extra_snapshot_at_once() {
     c2.max_incoming_snapshots = 1;
     let nodes = vec![node(1), start(c2)];
     connect_all(&nodes);
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
+    send_pattern(&nodes[0], 2, size);
     let held = next_snapshot(&nodes[1]);
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
+    send_pattern(&nodes[0], 2, size);
     let refused = wait_event(&nodes[0].events, 5, |e| {
         matches!(e, ReportEvent::Snapshot(..))
     });
@@ -377,19 +357,13 @@ fn the_concurrency_limit_fails_the_extra_snapshot_at_once() {
 #[test]
 fn snapshots_to_unknown_or_paused_peers_fail_with_one_report() {
     let nodes = cluster(&[1, 2]);
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(9, 1), pattern(10), 10)
-        .unwrap();
+    send_pattern(&nodes[0], 9, 10);
     assert_eq!(
         snapshot_reports(&nodes[0].events, 9, 5),
         vec![SnapshotStatus::Failure]
     );
     nodes[0].t.pause(2).unwrap();
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(10), 10)
-        .unwrap();
+    send_pattern(&nodes[0], 2, 10);
     assert_eq!(
         snapshot_reports(&nodes[0].events, 2, 5),
         vec![SnapshotStatus::Failure]
@@ -498,10 +472,7 @@ fn the_receiver_verifies_the_whole_snapshot_checksum_and_size() {
             .unwrap();
         s.write_all(&frame(FrameKind::SnapshotEnd, &declared_end.encode()))
             .unwrap();
-        let mut inc =
-            n2.t.snapshots()
-                .recv_timeout(Duration::from_secs(5))
-                .unwrap();
+        let mut inc = next_snapshot(&n2);
         let mut data = Vec::new();
         let r = inc.data.read_to_end(&mut data);
         assert_eq!(read_ack(&mut s), want);
@@ -526,10 +497,7 @@ fn the_receiver_times_out_a_sender_that_stalls() {
     s.write_all(&begin(1000, &snapshot_msg(2, 1))).unwrap();
     s.write_all(&frame(FrameKind::SnapshotChunk, &[7; 100]))
         .unwrap();
-    let mut inc =
-        n2.t.snapshots()
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap();
+    let mut inc = next_snapshot(&n2);
     let t0 = Instant::now();
     let mut data = Vec::new();
     let err = inc.data.read_to_end(&mut data).unwrap_err();
@@ -542,11 +510,7 @@ fn the_receiver_times_out_a_sender_that_stalls() {
 #[test]
 fn removing_the_peer_fails_its_snapshot() {
     let nodes = cluster(&[1, 2]);
-    let size = 64 << 20;
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
+    send_pattern(&nodes[0], 2, 64 << 20);
     let inc = next_snapshot(&nodes[1]);
     nodes[0].t.remove_peer(2).unwrap();
     assert_eq!(
@@ -567,11 +531,7 @@ fn a_snapshot_slower_than_the_minimum_rate_fails() {
     c1.snapshot_min_rate = 1 << 30; // 1 GiB/s: 16 MiB may take 0.5 s + 16 ms
     let nodes = vec![start(c1), node(2)];
     connect_all(&nodes);
-    let size = 16 << 20;
-    nodes[0]
-        .t
-        .send_snapshot(snapshot_msg(2, 1), pattern(size), size)
-        .unwrap();
+    send_pattern(&nodes[0], 2, 16 << 20);
     let mut inc = next_snapshot(&nodes[1]);
     // Read steadily but slowly: 64 KiB every 10 ms (progress never stops).
     let reader = std::thread::spawn(move || {

@@ -5,21 +5,8 @@
 mod common;
 use common::*;
 use raftwire::{Envelope, Error, MessageClass, SendError};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-fn live_threads(prefix: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let comm = task.unwrap().path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            if name.trim_end().starts_with(prefix) {
-                names.push(name.trim_end().to_string());
-            }
-        }
-    }
-    names
-}
 
 /// Stops the node and checks: quick, no thread left, port closed.
 fn stop_and_check(n: &Node, what: &str) {
@@ -49,11 +36,6 @@ fn stop_and_check(n: &Node, what: &str) {
         n.t.try_send(Envelope::new(2, n.t.node_id(), MessageClass::Other, vec![])),
         Err(SendError::Stopped(_))
     ));
-}
-
-fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 #[test]

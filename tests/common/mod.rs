@@ -4,6 +4,11 @@
 
 use crossbeam_channel::Receiver;
 use raftwire::{ChannelReporter, Config, Envelope, MessageClass, ReportEvent, Transport};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub fn init_log() {
@@ -78,6 +83,18 @@ pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `cond` for `dur` and fails as soon as it does not hold: checks that
+/// a state stays put (a bounded poll loop, not a sleep).
+pub fn holds_for(what: &str, dur: Duration, mut cond: impl FnMut() -> Result<(), String>) {
+    let until = Instant::now() + dur;
+    while Instant::now() < until {
+        if let Err(why) = cond() {
+            panic!("{what} stopped holding: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Waits until both lanes to `peer` are connected.
 pub fn wait_connected(t: &Transport<Envelope>, peer: u64) {
     wait_until(
@@ -121,6 +138,109 @@ pub fn wait_event(
             Ok(e) if pred(&e) => return e,
             Ok(_) => {}
             Err(_) => panic!("no matching report event within {secs}s"),
+        }
+    }
+}
+
+/// An address with nothing listening on it: bind a port, then free it.
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// An `Other` message from `from` to `to` carrying the time it was made,
+/// in nanoseconds since `epoch`: a heartbeat whose latency [`age`] measures.
+pub fn stamped(to: u64, from: u64, epoch: Instant) -> Envelope {
+    let now = epoch.elapsed().as_nanos() as u64;
+    Envelope::new(to, from, MessageClass::Other, now.to_be_bytes().to_vec())
+}
+
+/// How long ago the [`stamped`] message `m` was made.
+pub fn age(m: &Envelope, epoch: Instant) -> Duration {
+    let sent = u64::from_be_bytes(m.payload[..8].try_into().expect("a stamped message"));
+    Duration::from_nanos(epoch.elapsed().as_nanos() as u64 - sent)
+}
+
+/// Names of this process's threads that start with `prefix`, sorted.
+pub fn live_threads(prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The process's peak resident set size (VmHWM), in bytes.
+pub fn vm_hwm_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("VmHWM in /proc/self/status")
+        * 1024
+}
+
+/// A hand-made server on 127.0.0.1 for behaviours a real transport will not
+/// show. A thread polls a non-blocking listener and hands each connection
+/// (in blocking mode) to the server's `serve` function, together with the
+/// server's stop flag for any thread it starts for the connection; `serve`
+/// may return such a thread. Dropping the server stops the accept thread,
+/// then joins it and the connection threads; whatever `serve` holds (held
+/// connections, channels) is dropped with it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(
+        mut serve: impl FnMut(TcpStream, &Arc<AtomicBool>) -> Option<JoinHandle<()>> + Send + 'static,
+    ) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !stopping.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        conns.extend(serve(s, &stopping));
+                    }
+                    // The server's own accept poll, not test synchronisation.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("test server accept: {e}"),
+                }
+            }
+            drop(serve);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        TestServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
