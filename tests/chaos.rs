@@ -45,8 +45,8 @@ mod raft_support;
 
 use raft::StateRole;
 use raft_support::*;
+use raftwire::Stats;
 use raftwire::testing::{Direction, FaultProxy};
-use raftwire::{ChannelReporter, Stats, Transport};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -254,6 +254,63 @@ impl Plan {
             | Fault::RestartIsolate { how } => Some(how),
             _ => None,
         }
+    }
+
+    /// The window's faults for the summary table, for a resolved
+    /// permutation and the leader when the window opened.
+    fn describe(&self, perm: &[u64], leader: Option<u64>) -> String {
+        // Who leads is said next to the node it is.
+        let name = |id: u64| {
+            if leader == Some(id) {
+                format!("{id} (leader)")
+            } else {
+                id.to_string()
+            }
+        };
+        let mut what = match self.fault {
+            Fault::Heal | Fault::Degrade | Fault::Flap => String::new(),
+            Fault::Isolate { k, .. } => {
+                let mut w = format!("{} cut off", fmt_ids(perm[..k].to_vec()));
+                if let Some(l) = leader.filter(|l| perm[..k].contains(l)) {
+                    let _ = write!(w, " (leader {l})");
+                }
+                w
+            }
+            Fault::OneWay { outbound: true, .. } => format!("{} cannot send", name(perm[0])),
+            Fault::OneWay {
+                outbound: false, ..
+            } => format!("{} cannot receive", name(perm[0])),
+            Fault::Split { .. } => format!(
+                "{}|{}|{}",
+                fmt_ids(perm[0..2].to_vec()),
+                fmt_ids(perm[2..4].to_vec()),
+                fmt_ids(perm[4..].to_vec())
+            ),
+            Fault::Restart => format!("{} restarted", name(perm[0])),
+            Fault::RestartIsolate { .. } => {
+                format!("{} restarted, {} cut off", name(perm[0]), name(perm[1]))
+            }
+        };
+        if let Some(b) = self.block() {
+            let _ = write!(
+                what,
+                " [{}]",
+                match b {
+                    Block::Blackhole => "blackhole",
+                    Block::RefuseCut => "refuse+cut",
+                }
+            );
+        }
+        if !self.slow.is_empty() {
+            let _ = write!(what, " +{} slow", self.slow.len());
+        }
+        if !self.cuts.is_empty() {
+            let _ = write!(what, " +{} cuts", self.cuts.len());
+        }
+        if self.compact_at.is_some() {
+            what.push_str(" +compact");
+        }
+        what
     }
 
     /// The nodes stopped and the links blocked, for a resolved permutation.
@@ -530,9 +587,8 @@ struct ClientLog {
     acked: Vec<(u64, Instant)>,
     /// Keys not seen applied within `ACK_WAIT`: they may or may not commit.
     abandoned: u64,
-    /// Batches proposed through a follower.
+    /// Batches (of `BATCH` keys) proposed through a follower.
     via_follower: u64,
-    batches: u64,
     /// Time with no leader to propose to.
     no_leader: Duration,
     /// Batches held back because `MAX_PENDING` keys were waiting at the
@@ -596,7 +652,6 @@ fn client(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) -> ClientLog {
                         let now = Instant::now();
                         pending.extend(keys.iter().map(|&k| (k, (via, now))));
                         log.proposed += BATCH;
-                        log.batches += 1;
                         log.via_follower += u64::from(via != leader.id);
                     }
                 }
@@ -657,13 +712,16 @@ struct Totals {
     snapshots_send_failed: u64,
     snapshots_received: u64,
     local_only: u64,
+    /// Messages a node received on the wrong channel (`Status::misrouted`).
+    misrouted: u64,
 }
 
 impl Totals {
     fn add(&mut self, s: &Status, t: &Stats) {
         self.times_leader += s.times_leader;
         self.proposals_dropped += s.proposals_dropped;
-        self.unreachable_reports += s.unreachable_reports;
+        self.unreachable_reports += s.unreachable_reports();
+        self.misrouted += s.misrouted;
         self.snapshot_reports += s.snapshot_reports;
         self.snapshots_sent_raft += s.snapshots_sent;
         self.protocol_errors += t.protocol_errors;
@@ -801,58 +859,7 @@ impl Chaos {
         self.slow_links += plan.slow.len() as u64;
 
         let majority = connected_majority(&down, &blocked);
-        // Who leads is said next to the node it is.
-        let name = |id: u64| {
-            if leader == Some(id) {
-                format!("{id} (leader)")
-            } else {
-                id.to_string()
-            }
-        };
-        let mut what = match plan.fault {
-            Fault::Heal | Fault::Degrade | Fault::Flap => String::new(),
-            Fault::Isolate { k, .. } => {
-                let mut w = format!("{} cut off", fmt_ids(perm[..k].to_vec()));
-                if let Some(l) = leader.filter(|l| perm[..k].contains(l)) {
-                    let _ = write!(w, " (leader {l})");
-                }
-                w
-            }
-            Fault::OneWay { outbound: true, .. } => format!("{} cannot send", name(perm[0])),
-            Fault::OneWay {
-                outbound: false, ..
-            } => format!("{} cannot receive", name(perm[0])),
-            Fault::Split { .. } => format!(
-                "{}|{}|{}",
-                fmt_ids(perm[0..2].to_vec()),
-                fmt_ids(perm[2..4].to_vec()),
-                fmt_ids(perm[4..].to_vec())
-            ),
-            Fault::Restart => format!("{} restarted", name(perm[0])),
-            Fault::RestartIsolate { .. } => {
-                format!("{} restarted, {} cut off", name(perm[0]), name(perm[1]))
-            }
-        };
-        if let Some(b) = how {
-            let _ = write!(
-                what,
-                " [{}]",
-                if b == Block::Blackhole {
-                    "blackhole"
-                } else {
-                    "refuse+cut"
-                }
-            );
-        }
-        if !plan.slow.is_empty() {
-            let _ = write!(what, " +{} slow", plan.slow.len());
-        }
-        if !plan.cuts.is_empty() {
-            let _ = write!(what, " +{} cuts", plan.cuts.len());
-        }
-        if plan.compact_at.is_some() {
-            what.push_str(" +compact");
-        }
+        let what = plan.describe(&perm, leader);
 
         // Hold it, sampling.
         let t0 = Instant::now();
@@ -1008,7 +1015,7 @@ fn print_summary(
          acknowledged, {} not acknowledged within {:?} ({} keys in the final state), {:.2?} \
          without a leader",
         log.proposed,
-        log.batches,
+        log.proposed / BATCH,
         log.via_follower,
         log.held_back,
         log.acked.len(),
@@ -1071,17 +1078,10 @@ fn five_nodes_through_fault_proxies_stay_consistent_and_make_progress() {
 
     // Transports first (their addresses), then a proxy per directed link,
     // then the nodes, which dial their peers through the proxies.
-    let mut started = Vec::new();
-    for id in 1..=N {
-        let (reporter, events) = ChannelReporter::new();
-        let t: Transport<Msg> = Transport::start(
-            transport_config(id, "127.0.0.1:0".parse().unwrap()),
-            reporter.clone(),
-        )
-        .expect("transport");
-        started.push((id, t, reporter, events));
-    }
-    let addrs: Vec<SocketAddr> = started.iter().map(|(_, t, ..)| t.local_addr()).collect();
+    let started: Vec<Wire> = (1..=N)
+        .map(|id| start_transport(id, any_port(), Duration::ZERO))
+        .collect();
+    let addrs: Vec<SocketAddr> = started.iter().map(|(t, ..)| t.local_addr()).collect();
     let members: BTreeMap<u64, String> =
         (1..=N).map(|id| (id, addrs[ix(id)].to_string())).collect();
     let proxies: BTreeMap<Link, FaultProxy> = links()
@@ -1098,18 +1098,12 @@ fn five_nodes_through_fault_proxies_stay_consistent_and_make_progress() {
         .collect();
     let disks: Vec<Disk> = (1..=N).map(|_| Disk::founding(&members)).collect();
     let mut nodes = Vec::new();
-    for (id, t, reporter, events) in started {
-        for (&p, a) in &routes[ix(id)] {
-            t.add_peer(p, &[a.as_str()]).expect("add_peer");
-        }
+    for (id, (t, reporter, events)) in (1..=N).zip(started) {
+        let routes = routes[ix(id)].clone();
+        add_peers(&t, id, &routes);
         let disk = disks[ix(id)].clone();
         nodes.push(Some(Node::run_routed(
-            id,
-            t,
-            reporter,
-            events,
-            disk,
-            routes[ix(id)].clone(),
+            id, t, reporter, events, disk, routes,
         )));
     }
     let cluster = Arc::new(Cluster {
@@ -1120,14 +1114,9 @@ fn five_nodes_through_fault_proxies_stay_consistent_and_make_progress() {
         seed,
     });
     cluster.with_node(1, |n| n.campaign());
-    let deadline = Instant::now() + Duration::from_secs(ELECTION_SECS);
-    while cluster.leader().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "seed {seed}: no leader within {ELECTION_SECS}s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(&format!("a leader (seed {seed})"), ELECTION_SECS, || {
+        cluster.leader().is_some()
+    });
 
     // Chaos, with the client proposing throughout.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1268,10 +1257,15 @@ fn five_nodes_through_fault_proxies_stay_consistent_and_make_progress() {
         sm.kv.len() >= log.acked.len(),
         "seed {seed}: fewer keys than acknowledgements"
     );
-    // 4. Nothing local-only crossed the network.
+    // 4. Nothing local-only crossed the network, and every message came
+    //    on the receive channel of its class.
     assert_eq!(
         chaos.totals.local_only, 0,
         "seed {seed}: local-only messages"
+    );
+    assert_eq!(
+        chaos.totals.misrouted, 0,
+        "seed {seed}: messages on the wrong receive channel"
     );
     // 5. Progress wherever a majority was connected long enough.
     let stalled: Vec<usize> = chaos

@@ -18,6 +18,18 @@ fn refs(nodes: &[Node]) -> Vec<&Node> {
     nodes.iter().collect()
 }
 
+/// Three founding members with a leader (node 1 campaigns, to be quick
+/// about it), `keys` proposed through the leader and applied everywhere.
+/// Returns the nodes and the leader.
+fn three_with_keys(keys: u64) -> (Vec<Node>, u64) {
+    let nodes = cluster(3);
+    nodes[0].campaign();
+    let leader = wait_leader(&refs(&nodes), 8);
+    propose_all(&refs(&nodes), 0..keys, 10, |l| l);
+    wait_converged(&refs(&nodes), 5);
+    (nodes, leader)
+}
+
 /// Every node's history of applied entries is the same sequence.
 fn assert_same_logs(nodes: &[&Node]) {
     let first = nodes[0].disk.history();
@@ -58,15 +70,22 @@ fn a_leader_is_elected_and_replaced_when_it_stops() {
     wait_converged(&refs(&nodes), 5);
 
     // The leader goes away; the other two elect one of themselves.
+    let reports_about_leader = |n: &Node| n.status().unreachable.get(&leader).copied();
+    let before: BTreeMap<u64, Option<u64>> = nodes
+        .iter()
+        .map(|n| (n.id, reports_about_leader(n)))
+        .collect();
     let i = nodes.iter().position(|n| n.id == leader).unwrap();
     nodes[i].stop();
     let rest: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
     let next = wait_leader(&rest, 8);
     assert_ne!(next, leader);
     assert!(by_id(&rest, next).status().term > term);
-    // The survivors noticed: raft was told the old leader is unreachable.
+    // The survivors noticed: raft was told the old leader is unreachable
+    // (reports from before the stop, while the connections came up, do
+    // not count).
     wait_until("an unreachable report for the stopped leader", 5, || {
-        rest.iter().any(|n| n.status().unreachable_reports > 0)
+        rest.iter().any(|n| reports_about_leader(n) > before[&n.id])
     });
     eprintln!("first election took {elected_in:?}");
 }
@@ -91,10 +110,16 @@ fn ten_thousand_proposals_commit_with_identical_logs() {
             Some(&*format!("v{i}"))
         );
     }
-    // The forwarded proposals crossed the network as proposals.
+    // The forwarded proposals crossed the network as proposals: on the
+    // message lane, delivered on the leader's proposals() channel, and
+    // nothing anywhere on the wrong channel.
     let stats = by_id(&all, leader).t.stats();
     assert!(stats.peer(follower).message_lane.msgs_received > 0);
     assert!(stats.peer(follower).append_lane.msgs_sent > 0);
+    assert!(by_id(&all, leader).status().proposals_received > 0);
+    for n in &all {
+        assert_eq!(n.status().misrouted, 0, "node {}", n.id);
+    }
     eprintln!(
         "10,000 proposals applied in {took:?} ({:.0}/s), commit index {at}",
         10_000.0 / took.as_secs_f64()
@@ -103,11 +128,7 @@ fn ten_thousand_proposals_commit_with_identical_logs() {
 
 #[test]
 fn a_restarted_follower_catches_up_from_its_own_storage() {
-    let mut nodes = cluster(3);
-    nodes[0].campaign();
-    let leader = wait_leader(&refs(&nodes), 8);
-    propose_all(&refs(&nodes), 0..1_000, 10, |l| l);
-    wait_converged(&refs(&nodes), 5);
+    let (mut nodes, leader) = three_with_keys(1_000);
 
     // A follower stops: its RawNode and Transport are dropped; its disk stays.
     let fi = nodes.iter().position(|n| n.id != leader).unwrap();
@@ -133,12 +154,8 @@ fn a_restarted_follower_catches_up_from_its_own_storage() {
 
 #[test]
 fn compaction_makes_a_lagging_follower_catch_up_through_a_snapshot() {
-    let nodes = cluster(3);
+    let (nodes, leader) = three_with_keys(1_000);
     let all = refs(&nodes);
-    nodes[0].campaign();
-    let leader = wait_leader(&all, 8);
-    propose_all(&all, 0..1_000, 10, |l| l);
-    wait_converged(&all, 5);
 
     let lagging = all.iter().find(|n| n.id != leader).unwrap().id;
     isolate(&all, lagging);
@@ -194,13 +211,10 @@ fn compaction_makes_a_lagging_follower_catch_up_through_a_snapshot() {
 
 #[test]
 fn an_isolated_leader_is_replaced_and_steps_down_after_healing() {
-    let nodes = cluster(3);
+    let (nodes, old) = three_with_keys(500);
     let all = refs(&nodes);
-    nodes[0].campaign();
-    let old = wait_leader(&all, 8);
-    propose_all(&all, 0..500, 10, |l| l);
-    wait_converged(&all, 5);
     let old_term = by_id(&all, old).status().term;
+    let reports_before = by_id(&all, old).status().unreachable_reports();
 
     isolate(&all, old);
     // What the isolated leader accepts cannot commit.
@@ -230,19 +244,16 @@ fn an_isolated_leader_is_replaced_and_steps_down_after_healing() {
     assert!(sm.kv.keys().all(|k| !k.starts_with("lost")));
     // The isolation was seen by the transport: the old leader's messages to
     // its paused peers were dropped and reported.
-    assert!(by_id(&all, old).status().unreachable_reports > 0);
+    assert!(by_id(&all, old).status().unreachable_reports() > reports_before);
 }
 
 #[test]
 fn a_node_is_added_through_a_conf_change_and_another_removed_and_rejected() {
-    let mut nodes = cluster(3);
-    nodes[0].campaign();
-    let leader = wait_leader(&refs(&nodes), 8);
-    propose_all(&refs(&nodes), 0..200, 10, |l| l);
+    let (mut nodes, leader) = three_with_keys(200);
 
     // Node 4 starts empty, knowing only the founders' addresses.
     let founders = addresses(&refs(&nodes));
-    let n4 = Node::start(4, "127.0.0.1:0".parse().unwrap(), Disk::empty(), &founders);
+    let n4 = Node::start(4, any_port(), Disk::empty(), &founders);
     let addr4 = n4.addr.to_string();
     nodes.push(n4);
     let all = refs(&nodes);

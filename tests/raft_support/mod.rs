@@ -21,6 +21,13 @@
 //! them again.
 #![allow(dead_code)]
 
+// The integration tests' shared helpers: the transport timings and the
+// polling wait.
+#[path = "../common/mod.rs"]
+mod common;
+
+pub use common::{init_log, wait_until};
+
 use crossbeam_channel::{Receiver, Sender, select, tick};
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -45,22 +52,46 @@ pub type Routes = BTreeMap<u64, String>;
 /// How often a node ticks raft.
 pub const TICK: Duration = Duration::from_millis(10);
 
-pub fn init_log() {
-    let _ = env_logger::builder().is_test(true).try_init();
-}
-
-/// Transport timings shortened so that failures show quickly.
+/// The integration tests' shortened timings (`common::config`), on `addr`,
+/// with unreachable reports at most every 20 ms so that raft hears of a
+/// lost peer quickly.
 pub fn transport_config(id: u64, addr: SocketAddr) -> Config {
-    let mut c = Config::new(id, addr);
-    c.cluster_id = 0x4AF7;
-    c.heartbeat_interval = Duration::from_millis(50);
-    c.read_timeout = Duration::from_millis(500);
-    c.dial_timeout = Duration::from_millis(500);
-    c.handshake_timeout = Duration::from_millis(500);
-    c.backoff_floor = Duration::from_millis(10);
-    c.backoff_cap = Duration::from_millis(100);
+    let mut c = common::config(id);
+    c.listen_addr = addr;
     c.unreachable_report_interval = Duration::from_millis(20);
     c
+}
+
+/// What a node runs on: its transport, the reporter the transport reports
+/// to, and the channel those reports arrive on.
+pub type Wire = (Transport<Msg>, ChannelReporter, Receiver<ReportEvent>);
+
+/// Starts node `id`'s transport on `addr` (port 0 for any). Binding is
+/// retried for up to `bind_for` (a restarted node takes back its port).
+pub fn start_transport(id: u64, addr: SocketAddr, bind_for: Duration) -> Wire {
+    init_log();
+    let (reporter, events) = ChannelReporter::new();
+    let deadline = Instant::now() + bind_for;
+    loop {
+        match Transport::start(transport_config(id, addr), reporter.clone()) {
+            Ok(t) => return (t, reporter, events),
+            Err(e) if Instant::now() < deadline => {
+                log::warn!("node {id}: binding {addr}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("node {id}: binding {addr}: {e}"),
+        }
+    }
+}
+
+/// Adds every peer in `peers` (id → address) but `id` itself to `t` as a
+/// member.
+pub fn add_peers(t: &Transport<Msg>, id: u64, peers: &BTreeMap<u64, String>) {
+    for (&p, a) in peers {
+        if p != id {
+            t.add_peer(p, &[a.as_str()]).expect("add_peer");
+        }
+    }
 }
 
 pub fn raft_config(id: u64, applied: u64) -> raft::Config {
@@ -393,13 +424,25 @@ pub struct Status {
     /// Set when this node applied its own removal; its thread has ended.
     pub removed: bool,
     pub proposals_dropped: u64,
-    pub unreachable_reports: u64,
+    /// `ReportEvent::Unreachable` events, by peer.
+    pub unreachable: BTreeMap<u64, u64>,
     pub snapshot_reports: u64,
-    pub rejected: Vec<(u64, raftwire::RejectReason)>,
+    /// MsgPropose messages that arrived on `proposals()`.
+    pub proposals_received: u64,
+    /// Messages on the wrong receive channel: a MsgPropose on `messages()`
+    /// or anything else on `proposals()`.
+    pub misrouted: u64,
     /// MsgSnapshot messages this node handed to the transport.
     pub snapshots_sent: u64,
     /// Times this node became leader (since this instance started).
     pub times_leader: u64,
+}
+
+impl Status {
+    /// Unreachable reports about any peer.
+    pub fn unreachable_reports(&self) -> u64 {
+        self.unreachable.values().sum()
+    }
 }
 
 pub struct Node {
@@ -417,15 +460,8 @@ impl Node {
     /// Starts a node on `disk`, listening on `addr` (port 0 for any), with
     /// `peers` (id → address) added to its transport as members.
     pub fn start(id: u64, addr: SocketAddr, disk: Disk, peers: &BTreeMap<u64, String>) -> Node {
-        init_log();
-        let (reporter, events) = ChannelReporter::new();
-        let t: Transport<Msg> =
-            Transport::start(transport_config(id, addr), reporter.clone()).expect("transport");
-        for (&p, a) in peers {
-            if p != id {
-                t.add_peer(p, &[a.as_str()]).expect("add_peer");
-            }
-        }
+        let (t, reporter, events) = start_transport(id, addr, Duration::ZERO);
+        add_peers(&t, id, peers);
         Node::run(id, t, reporter, events, disk)
     }
 
@@ -434,24 +470,8 @@ impl Node {
     /// Binding `addr` is retried for a while (a restarted node takes back
     /// its port).
     pub fn start_routed(id: u64, addr: SocketAddr, disk: Disk, routes: &Routes) -> Node {
-        init_log();
-        let (reporter, events) = ChannelReporter::new();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let t: Transport<Msg> = loop {
-            match Transport::start(transport_config(id, addr), reporter.clone()) {
-                Ok(t) => break t,
-                Err(e) if Instant::now() < deadline => {
-                    log::warn!("node {id}: binding {addr}: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("node {id}: binding {addr}: {e}"),
-            }
-        };
-        for (&p, a) in routes {
-            if p != id {
-                t.add_peer(p, &[a.as_str()]).expect("add_peer");
-            }
-        }
+        let (t, reporter, events) = start_transport(id, addr, Duration::from_secs(5));
+        add_peers(&t, id, routes);
         Node::run_routed(id, t, reporter, events, disk, routes.clone())
     }
 
@@ -592,8 +612,8 @@ impl Driver {
         let ticker = tick(TICK);
         loop {
             select! {
-                recv(self.t.messages()) -> m => if let Ok(m) = m { self.step(m) },
-                recv(self.t.proposals()) -> m => if let Ok(m) = m { self.step(m) },
+                recv(self.t.messages()) -> m => if let Ok(m) = m { self.step(m, false) },
+                recv(self.t.proposals()) -> m => if let Ok(m) = m { self.step(m, true) },
                 recv(self.events) -> e => if let Ok(e) = e { self.report(e) },
                 recv(self.cmds) -> c => match c {
                     Ok(Cmd::Stop) | Err(_) => return,
@@ -603,7 +623,7 @@ impl Driver {
             }
             // Take whatever else has arrived, in bounded batches.
             for m in self.t.messages().try_iter().take(BATCH).collect::<Vec<_>>() {
-                self.step(m);
+                self.step(m, false);
             }
             for m in self
                 .t
@@ -612,7 +632,7 @@ impl Driver {
                 .take(BATCH)
                 .collect::<Vec<_>>()
             {
-                self.step(m);
+                self.step(m, true);
             }
             for e in self.events.try_iter().take(BATCH).collect::<Vec<_>>() {
                 self.report(e);
@@ -630,7 +650,14 @@ impl Driver {
         }
     }
 
-    fn step(&mut self, m: Msg) {
+    /// Steps a message that arrived on `proposals()` (`proposal`) or on
+    /// `messages()`, counting which channel it came on.
+    fn step(&mut self, m: Msg, proposal: bool) {
+        if (m.get_msg_type() == MessageType::MsgPropose) != proposal {
+            self.stats.misrouted += 1;
+        } else if proposal {
+            self.stats.proposals_received += 1;
+        }
         // Responses from nodes that are no longer members are refused
         // (StepPeerNotFound); nothing else to do with them.
         let _ = self.raw.step(m);
@@ -638,9 +665,9 @@ impl Driver {
 
     fn report(&mut self, ev: ReportEvent) {
         match ev {
-            ReportEvent::Unreachable(_) => self.stats.unreachable_reports += 1,
+            ReportEvent::Unreachable(id) => *self.stats.unreachable.entry(id).or_default() += 1,
             ReportEvent::Snapshot(..) => self.stats.snapshot_reports += 1,
-            ReportEvent::Rejected(id, reason) => self.stats.rejected.push((id, reason)),
+            ReportEvent::Rejected(..) => {}
         }
         apply_report(&mut self.raw, ev);
     }
@@ -756,29 +783,12 @@ impl Driver {
         let cs = self.raw.apply_conf_change(cc).expect("apply conf change");
         self.disk.raft.wl().set_conf_state(cs);
         let id = cc.node_id;
-        let addr = String::from_utf8_lossy(&cc.context).to_string();
-        let dial = self.dial_addr(id, &addr);
         match cc.get_change_type() {
-            ConfChangeType::AddLearnerNode | ConfChangeType::AddNode => {
+            kind @ (ConfChangeType::AddLearnerNode | ConfChangeType::AddNode) => {
+                let addr = String::from_utf8_lossy(&cc.context).to_string();
                 self.disk.lock().sm.members.insert(id, addr.clone());
-                if id == self.id {
-                    return;
-                }
-                // A learner is a remote: sent to, caught up, not a member
-                // yet. Adding it as a peer later promotes it.
-                let r = if cc.get_change_type() == ConfChangeType::AddNode {
-                    self.t.add_peer(id, &[dial.as_str()])
-                } else {
-                    self.t.add_remote(id, &[dial.as_str()])
-                };
-                match r {
-                    Ok(()) => {}
-                    Err(raftwire::Error::DuplicatePeer(_)) => {
-                        if !self.routes.contains_key(&id) {
-                            let _ = self.t.update_peer(id, &[dial.as_str()]);
-                        }
-                    }
-                    Err(e) => log::warn!("node {}: adding {id} at {addr}: {e}", self.id),
+                if id != self.id {
+                    self.connect(id, &addr, kind == ConfChangeType::AddLearnerNode);
                 }
             }
             ConfChangeType::RemoveNode => {
@@ -794,39 +804,46 @@ impl Driver {
         }
     }
 
-    /// Where to dial `id`: its route if it has one, else `book` (the
-    /// address book's entry).
-    fn dial_addr(&self, id: u64, book: &str) -> String {
-        self.routes
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| book.to_string())
+    /// The configuration as of the last applied conf change (or snapshot).
+    fn conf_state(&self) -> ConfState {
+        self.disk
+            .raft
+            .initial_state()
+            .map(|s| s.conf_state)
+            .unwrap_or_default()
+    }
+
+    /// Adds `id` to the transport, dialled at its route if it has one,
+    /// else at `book` (the address book's entry): a member as a peer, a
+    /// `learner` as a remote (sent to, caught up, not a member yet; adding
+    /// it as a peer later promotes it). An id the transport already knows
+    /// gets the address, unless it is routed: a routed peer's address never
+    /// changes, so its lanes are left be.
+    fn connect(&self, id: u64, book: &str, learner: bool) {
+        let dial = self.routes.get(&id).map_or(book, String::as_str);
+        let r = if learner {
+            self.t.add_remote(id, &[dial])
+        } else {
+            self.t.add_peer(id, &[dial])
+        };
+        match r {
+            Ok(()) => {}
+            Err(raftwire::Error::DuplicatePeer(_)) if self.routes.contains_key(&id) => {}
+            Err(raftwire::Error::DuplicatePeer(_)) => {
+                let _ = self.t.update_peer(id, &[dial]);
+            }
+            Err(e) => log::warn!("node {}: adding {id} at {dial}: {e}", self.id),
+        }
     }
 
     /// Adds every member of the address book to the transport (members as
     /// peers, learners as remotes), after a restart or a snapshot; after a
     /// snapshot (`prune`), also removes peers the snapshot does not list.
     fn sync_members(&mut self, sm: &StateMachine, prune: bool) {
-        let cs = self
-            .disk
-            .raft
-            .initial_state()
-            .map(|s| s.conf_state)
-            .unwrap_or_default();
+        let cs = self.conf_state();
         for (&id, addr) in &sm.members {
-            if id == self.id {
-                continue;
-            }
-            let dial = self.dial_addr(id, addr);
-            let r = if cs.learners.contains(&id) {
-                self.t.add_remote(id, &[dial.as_str()])
-            } else {
-                self.t.add_peer(id, &[dial.as_str()])
-            };
-            // A routed peer's address never changes: leave its lanes be.
-            if matches!(r, Err(raftwire::Error::DuplicatePeer(_))) && !self.routes.contains_key(&id)
-            {
-                let _ = self.t.update_peer(id, &[dial.as_str()]);
+            if id != self.id {
+                self.connect(id, addr, cs.learners.contains(&id));
             }
         }
         if !prune {
@@ -849,15 +866,8 @@ impl Driver {
         }
         self.was_leader = is_leader;
         let r = &self.raw.raft;
-        let cs = self
-            .disk
-            .raft
-            .initial_state()
-            .map(|s| s.conf_state)
-            .unwrap_or_default();
-        let mut s = self.status.lock().unwrap();
-        let stats = &self.stats;
-        *s = Status {
+        let cs = self.conf_state();
+        *self.status.lock().unwrap() = Status {
             id: self.id,
             role: Some(r.state),
             term: r.term,
@@ -866,15 +876,10 @@ impl Driver {
             applied: self.disk.lock().sm.applied,
             first_index: r.raft_log.first_index(),
             last_index: r.raft_log.last_index(),
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
+            voters: cs.voters,
+            learners: cs.learners,
             removed: self.removed,
-            proposals_dropped: stats.proposals_dropped,
-            unreachable_reports: stats.unreachable_reports,
-            snapshot_reports: stats.snapshot_reports,
-            rejected: stats.rejected.clone(),
-            snapshots_sent: stats.snapshots_sent,
-            times_leader: stats.times_leader,
+            ..self.stats.clone()
         };
     }
 }
@@ -883,39 +888,27 @@ impl Driver {
 // Clusters and waiting.
 // ---------------------------------------------------------------------------
 
-/// Waits until `cond` holds, polling every millisecond, for at most `secs`.
-pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// `n` founding members, ids 1..=n, each with its own transport on
 /// 127.0.0.1 and a disk that starts from the same snapshot.
 pub fn cluster(n: u64) -> Vec<Node> {
-    init_log();
-    let mut started = Vec::new();
-    for id in 1..=n {
-        let (reporter, events) = ChannelReporter::new();
-        let t: Transport<Msg> = Transport::start(
-            transport_config(id, "127.0.0.1:0".parse().unwrap()),
-            reporter.clone(),
-        )
-        .expect("transport");
-        started.push((id, t, reporter, events));
-    }
+    let started: Vec<(u64, Wire)> = (1..=n)
+        .map(|id| (id, start_transport(id, any_port(), Duration::ZERO)))
+        .collect();
     let members: BTreeMap<u64, String> = started
         .iter()
-        .map(|(id, t, ..)| (*id, t.local_addr().to_string()))
+        .map(|(id, (t, ..))| (*id, t.local_addr().to_string()))
         .collect();
     started
         .into_iter()
-        .map(|(id, t, reporter, events)| {
+        .map(|(id, (t, reporter, events))| {
             Node::run(id, t, reporter, events, Disk::founding(&members))
         })
         .collect()
+}
+
+/// 127.0.0.1, any free port.
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 pub fn addresses(nodes: &[&Node]) -> BTreeMap<u64, String> {
@@ -1021,25 +1014,23 @@ pub fn wait_converged(nodes: &[&Node], secs: u64) -> u64 {
 
 /// Cuts node `id` off from every other node, both directions.
 pub fn isolate(nodes: &[&Node], id: u64) {
-    for n in nodes {
-        if n.id == id {
-            for p in n.t.peers() {
-                n.t.pause(p).unwrap();
-            }
-        } else if n.t.peers().contains(&id) {
-            n.t.pause(id).unwrap();
-        }
-    }
+    set_paused(nodes, id, true);
 }
 
+/// Undoes [`isolate`].
 pub fn heal(nodes: &[&Node], id: u64) {
+    set_paused(nodes, id, false);
+}
+
+/// Pauses or resumes every link between node `id` and the others, on both
+/// ends.
+fn set_paused(nodes: &[&Node], id: u64, paused: bool) {
     for n in nodes {
-        if n.id == id {
-            for p in n.t.peers() {
-                n.t.resume(p).unwrap();
+        for p in n.t.peers() {
+            if n.id == id || p == id {
+                let r = if paused { n.t.pause(p) } else { n.t.resume(p) };
+                r.unwrap();
             }
-        } else if n.t.peers().contains(&id) {
-            n.t.resume(id).unwrap();
         }
     }
 }
