@@ -26,11 +26,12 @@ fuzz_target!(|data: &[u8]| {
         Some((c, rest)) => (u64::from_le_bytes(*c), rest),
         None => (7, data),
     };
-    if let Ok(uri) = std::str::from_utf8(rest) {
-        if let Some(node) = node_id_from_uri(uri, cluster) {
-            let canonical = format!("raftwire://{cluster}/{node}");
-            assert!(uri.eq_ignore_ascii_case(&canonical), "{uri} vs {canonical}");
-            assert_eq!(node_id_from_uri(uri, cluster.wrapping_add(1)), None);
-        }
+    let Ok(uri) = std::str::from_utf8(rest) else {
+        return;
+    };
+    if let Some(node) = node_id_from_uri(uri, cluster) {
+        let canonical = format!("raftwire://{cluster}/{node}");
+        assert!(uri.eq_ignore_ascii_case(&canonical), "{uri} vs {canonical}");
+        assert_eq!(node_id_from_uri(uri, cluster.wrapping_add(1)), None);
     }
 });

@@ -151,14 +151,12 @@ pub struct Decoded {
 pub fn reference_decode(bytes: &[u8], max: u32) -> Decoded {
     let mut frames = Vec::new();
     let mut pos = 0;
-    loop {
+    // Decodes until the bytes run out (an incomplete frame stays pending)
+    // or a frame breaks a rule (then nothing is pending).
+    let (error, pending) = loop {
         let rest = &bytes[pos..];
         if rest.len() < FRAME_HEADER_LEN {
-            return Decoded {
-                frames,
-                error: None,
-                pending: rest.len(),
-            };
+            break (None, rest.len());
         }
         let len = u32::from_be_bytes(rest[0..4].try_into().unwrap());
         let err = if len > max {
@@ -170,33 +168,26 @@ pub fn reference_decode(bytes: &[u8], max: u32) -> Decoded {
         } else {
             None
         };
-        if let Some(e) = err {
-            return Decoded {
-                frames,
-                error: Some(e),
-                pending: 0,
-            };
+        if err.is_some() {
+            break (err, 0);
         }
         let total = FRAME_HEADER_LEN + len as usize;
         if rest.len() < total {
-            return Decoded {
-                frames,
-                error: None,
-                pending: rest.len(),
-            };
+            break (None, rest.len());
         }
         let expected = u32::from_be_bytes(rest[8..12].try_into().unwrap());
         let actual = frame_crc(&rest[0..8], &rest[FRAME_HEADER_LEN..total]);
         if expected != actual {
-            return Decoded {
-                frames,
-                error: Some(FrameError::BadChecksum { expected, actual }),
-                pending: 0,
-            };
+            break (Some(FrameError::BadChecksum { expected, actual }), 0);
         }
         let kind = FrameKind::from_u8(rest[4]).unwrap();
         frames.push((kind, rest[FRAME_HEADER_LEN..total].to_vec(), pos));
         pos += total;
+    };
+    Decoded {
+        frames,
+        error,
+        pending,
     }
 }
 

@@ -21,35 +21,53 @@ use raftwire::wire::{
     HELLO_LEN, Hello, HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN,
     RejectReason, Response, ResponseError,
 };
+use std::fmt::Debug;
 
 fuzz_target!(|data: &[u8]| {
     let mut c = Control::new(data);
-    let mut cluster = c.u64();
-    let mut local = c.u64();
+    let cluster = c.u64();
+    let local = c.u64();
     let flags = c.u8();
     let bytes = c.rest();
 
-    hello(bytes, &mut cluster, &mut local, flags);
+    hello(bytes, cluster, local, flags);
     response(bytes);
     hello_fields_round_trip(data);
 });
 
-/// What every prefix of a hello decodes to must be stable: once the decoder
-/// has decided, more bytes never change its answer.
-fn hello(bytes: &[u8], cluster: &mut u64, local: &mut u64, flags: u8) {
-    let full = Hello::decode(bytes);
+/// Decodes every prefix of `bytes` up to `len + 1` bytes (`len`: the
+/// message's length) and checks that the answer is stable: once the decoder
+/// has decided, more bytes never change it. Returns the answer for all of
+/// `bytes`.
+fn decode_prefixes<T: PartialEq + Debug>(
+    bytes: &[u8],
+    len: usize,
+    decode: impl Fn(&[u8]) -> Option<T>,
+) -> Option<T> {
     let mut decided = None;
-    for n in 0..=bytes.len().min(HELLO_LEN + 1) {
-        let r = Hello::decode(&bytes[..n]);
-        match (decided, r) {
-            (None, None) => {}
-            (None, Some(r)) => decided = Some(r),
-            (Some(d), r) => assert_eq!(Some(d), r, "answer changed at {n} bytes"),
+    for n in 0..=bytes.len().min(len + 1) {
+        let r = decode(&bytes[..n]);
+        match &decided {
+            None => decided = r,
+            Some(d) => assert_eq!(Some(d), r.as_ref(), "answer changed at {n} bytes"),
         }
     }
+    let full = decode(bytes);
     assert_eq!(decided, full);
+    full
+}
 
-    let magic_ok = bytes[..bytes.len().min(4)] == MAGIC[..bytes.len().min(4)];
+/// Whether `bytes` starts like `MAGIC` (as far as it goes).
+fn starts_like_magic(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(MAGIC.len());
+    bytes[..n] == MAGIC[..n]
+}
+
+/// A hello: its answer is stable as bytes arrive and agrees with the
+/// bytes; one that decodes is checked against the acceptor's ids.
+fn hello(bytes: &[u8], cluster: u64, local: u64, flags: u8) {
+    let full = decode_prefixes(bytes, HELLO_LEN, Hello::decode);
+    let magic_ok = starts_like_magic(bytes);
     match full {
         None => {
             assert!(magic_ok);
@@ -69,11 +87,12 @@ fn hello(bytes: &[u8], cluster: &mut u64, local: &mut u64, flags: u8) {
             assert!(bytes.len() >= HELLO_LEN);
             assert_eq!(h.encode(), bytes[..HELLO_LEN], "hello does not re-encode");
             assert_eq!(h.version, PROTOCOL_VERSION);
-            if flags & 2 != 0 {
-                *cluster = h.cluster_id;
-                *local = h.to;
-            }
-            check(&h, *cluster, *local, flags & 1 != 0);
+            let (cluster, local) = if flags & 2 != 0 {
+                (h.cluster_id, h.to)
+            } else {
+                (cluster, local)
+            };
+            check(&h, cluster, local, flags & 1 != 0);
         }
     }
 }
@@ -116,20 +135,11 @@ fn check(h: &Hello, cluster: u64, local: u64, removed: bool) {
     }
 }
 
+/// A response: its answer is stable as bytes arrive and agrees with the
+/// bytes; one that decodes re-encodes.
 fn response(bytes: &[u8]) {
-    let full = Response::decode(bytes);
-    let mut decided = None;
-    for n in 0..=bytes.len().min(RESPONSE_LEN + 1) {
-        let r = Response::decode(&bytes[..n]);
-        match (decided, r) {
-            (None, None) => {}
-            (None, Some(r)) => decided = Some(r),
-            (Some(d), r) => assert_eq!(Some(d), r, "answer changed at {n} bytes"),
-        }
-    }
-    assert_eq!(decided, full);
-
-    let magic_ok = bytes[..bytes.len().min(4)] == MAGIC[..bytes.len().min(4)];
+    let full = decode_prefixes(bytes, RESPONSE_LEN, Response::decode);
+    let magic_ok = starts_like_magic(bytes);
     match full {
         None => assert!(magic_ok && bytes.len() < RESPONSE_LEN),
         Some(Err(ResponseError::BadMagic)) => assert!(!magic_ok),

@@ -106,15 +106,13 @@ enum Outcome {
 
 enum State {
     AwaitBegin,
-    Stream {
-        message: Envelope,
+    /// Between `snapshot_begin` and `snapshot_end`: `buf` holds the chunks
+    /// so far, `crc` is their CRC-32C. `message` is the begin frame's;
+    /// `None` for an inline snapshot, whose chunks are the message.
+    Receiving {
+        message: Option<Envelope>,
         size: u64,
-        data: Vec<u8>,
-        crc: u32,
-    },
-    Inline {
         buf: Vec<u8>,
-        size: u64,
         crc: u32,
     },
     Finished,
@@ -161,47 +159,45 @@ impl Receiver {
             (FrameKind::SnapshotBegin, State::AwaitBegin) => self.begin(payload),
             (
                 FrameKind::SnapshotChunk,
-                State::Stream {
-                    size, data, crc, ..
+                State::Receiving {
+                    message,
+                    size,
+                    buf,
+                    crc,
                 },
             ) => {
-                if (data.len() + payload.len()) as u64 > *size {
-                    return self.finish(Outcome::Refused(AckStatus::SizeMismatch));
-                }
-                data.extend_from_slice(payload);
-                *crc = crc32c::crc32c_append(*crc, payload);
-            }
-            (FrameKind::SnapshotChunk, State::Inline { buf, size, crc }) => {
                 if (buf.len() + payload.len()) as u64 > *size {
                     return self.finish(Outcome::Refused(AckStatus::SizeMismatch));
                 }
                 buf.extend_from_slice(payload);
                 *crc = crc32c::crc32c_append(*crc, payload);
-                assert!(buf.len() as u64 <= MAX_INLINE_LEN);
+                assert!(message.is_some() || buf.len() as u64 <= MAX_INLINE_LEN);
             }
-            (FrameKind::SnapshotEnd, State::Stream { .. } | State::Inline { .. }) => {
+            (FrameKind::SnapshotEnd, State::Receiving { .. }) => {
                 let Ok(end) = SnapshotEnd::decode(payload) else {
                     return self.violation("unexpected_frame: bad snapshot_end");
                 };
-                let (size, received, crc) = match &self.state {
-                    State::Stream {
-                        size, data, crc, ..
-                    } => (*size, data.len(), *crc),
-                    State::Inline { size, buf, crc } => (*size, buf.len(), *crc),
-                    _ => unreachable!(),
+                let State::Receiving {
+                    message,
+                    size,
+                    buf,
+                    crc,
+                } = std::mem::replace(&mut self.state, State::Finished)
+                else {
+                    unreachable!()
                 };
-                if end.size != size || received as u64 != size {
+                if end.size != size || buf.len() as u64 != size {
                     return self.finish(Outcome::Refused(AckStatus::SizeMismatch));
                 }
                 if end.crc != crc {
                     return self.finish(Outcome::Refused(AckStatus::ChecksumMismatch));
                 }
-                match std::mem::replace(&mut self.state, State::Finished) {
-                    State::Stream { message, data, .. } => {
-                        assert_eq!(crc32c::crc32c(&data), end.crc);
-                        self.finish(Outcome::Delivered { message, data })
+                match message {
+                    Some(message) => {
+                        assert_eq!(crc32c::crc32c(&buf), end.crc);
+                        self.finish(Outcome::Delivered { message, data: buf })
                     }
-                    State::Inline { buf, .. } => match Envelope::decode(&buf) {
+                    None => match Envelope::decode(&buf) {
                         Ok(m) if m.from == FROM && m.to == LOCAL => {
                             self.finish(Outcome::Delivered {
                                 message: m,
@@ -210,7 +206,6 @@ impl Receiver {
                         }
                         _ => self.finish(Outcome::Refused(AckStatus::Malformed)),
                     },
-                    _ => unreachable!(),
                 }
             }
             // Refused or done: data is discarded.
@@ -226,28 +221,25 @@ impl Receiver {
         if begin.size > MAX_SNAPSHOT_LEN || (begin.inline && begin.size > MAX_INLINE_LEN) {
             return self.finish(Outcome::Refused(AckStatus::TooLarge));
         }
-        if begin.inline {
+        let message = if begin.inline {
             assert!(msg.is_empty());
-            self.state = State::Inline {
-                buf: Vec::new(),
-                size: begin.size,
-                crc: 0,
+            None
+        } else {
+            let Ok(message) = Envelope::decode(msg) else {
+                return self.violation("decode");
             };
-            return;
-        }
-        let Ok(message) = Envelope::decode(msg) else {
-            return self.violation("decode");
+            if message.from != FROM {
+                return self.violation("wrong_sender");
+            }
+            if message.to != LOCAL {
+                return self.violation("wrong_receiver");
+            }
+            Some(message)
         };
-        if message.from != FROM {
-            return self.violation("wrong_sender");
-        }
-        if message.to != LOCAL {
-            return self.violation("wrong_receiver");
-        }
-        self.state = State::Stream {
+        self.state = State::Receiving {
             message,
             size: begin.size,
-            data: Vec::new(),
+            buf: Vec::new(),
             crc: 0,
         };
     }
@@ -315,18 +307,35 @@ fn well_formed(rest: &[u8]) {
     let payload = c.bytes(payload_len).to_vec();
     let data = c.rest().to_vec();
 
-    let message = Envelope::new(LOCAL, FROM, class, payload);
-    let (begin_msg, body) = if inline {
-        let mut m = message.clone();
-        m.class = MessageClass::Snapshot;
-        m.payload.extend_from_slice(&data);
+    let encode = |m: &Envelope| {
         let mut b = Vec::new();
         m.encode(&mut b);
-        (Vec::new(), b)
+        b
+    };
+    let message = Envelope::new(LOCAL, FROM, class, payload);
+    // What must be delivered, and how it travels: inline, the data is
+    // appended to the message, which is the stream's body; otherwise the
+    // message goes in `snapshot_begin` and the data is the body.
+    let (want, begin_msg, body) = if inline {
+        let mut m = message;
+        m.class = MessageClass::Snapshot;
+        m.payload.extend_from_slice(&data);
+        let body = encode(&m);
+        let want = Outcome::Delivered {
+            message: m,
+            data: Vec::new(),
+        };
+        (want, Vec::new(), body)
     } else {
-        let mut b = Vec::new();
-        message.encode(&mut b);
-        (b, data.clone())
+        let begin_msg = encode(&message);
+        (
+            Outcome::Delivered {
+                message,
+                data: data.clone(),
+            },
+            begin_msg,
+            data,
+        )
     };
     let max = chunk_len.max(begin_msg.len() + BEGIN_LEN).max(END_LEN) as u32;
     let mut s = Vec::new();
@@ -356,20 +365,6 @@ fn well_formed(rest: &[u8]) {
     })
     .unwrap();
 
-    let want = if inline {
-        let mut m = message.clone();
-        m.class = MessageClass::Snapshot;
-        m.payload.extend_from_slice(&data);
-        Outcome::Delivered {
-            message: m,
-            data: Vec::new(),
-        }
-    } else {
-        Outcome::Delivered {
-            message,
-            data: data.clone(),
-        }
-    };
     let limit = if inline {
         MAX_INLINE_LEN
     } else {
