@@ -416,7 +416,6 @@ struct Status {
     unreachable_reports: u64,
     snapshots_sent: u64,
     snapshots_installed: u64,
-    proposals_dropped: u64,
 }
 
 struct Node {
@@ -573,10 +572,9 @@ impl Driver {
             Cmd::Propose(data) => {
                 // A follower forwards the proposal to the leader (MsgPropose,
                 // which arrives on the leader's proposals() channel); with no
-                // leader it is dropped and the client must retry.
-                if self.raw.propose(vec![], data).is_err() {
-                    self.counts.proposals_dropped += 1;
-                }
+                // leader it is dropped (an error here) and the client must
+                // retry, as `commit_all` does.
+                let _ = self.raw.propose(vec![], data);
             }
             Cmd::Compact => {
                 if let Err(e) = self.disk.compact() {
