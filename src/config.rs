@@ -13,8 +13,10 @@ use std::time::Duration;
 /// messages and `send_queue_bytes` bytes plus `max_inflight_batches`
 /// batches of about `batch_max_bytes`; per inbound connection, at most
 /// `conn_read_cap` bytes read but not yet decoded plus one frame being
-/// reassembled (`max_frame_len`); on the receive channels, at most
-/// `recv_queue_len` messages and about `recv_queue_bytes` bytes each.
+/// read (`max_frame_len`); on the receive channels, at most
+/// `recv_queue_len` messages and about `recv_queue_bytes` bytes each. For
+/// reuse, a transport keeps up to 8 spent read buffers (`read_chunk_len`)
+/// and 2 spent frame buffers of at most `2 × conn_read_cap`.
 ///
 /// ```
 /// use raftwire::Config;

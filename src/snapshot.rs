@@ -11,7 +11,7 @@
 //! holds the rest.
 
 use crate::config::Config;
-use crate::io::{Batch, ConnId, LoopCmd, LoopHandle, ReaderMsg};
+use crate::io::{Batch, ConnId, LoopCmd, LoopHandle, ReaderMsg, Recycler};
 use crate::message::Message;
 use crate::reporter::{Reporter, SnapshotStatus};
 use crate::stats::PeerCounters;
@@ -56,8 +56,13 @@ impl<M: fmt::Debug> fmt::Debug for IncomingSnapshot<M> {
 
 /// What the reader thread passes to a [`SnapshotReader`].
 pub(crate) enum SnapItem {
-    /// Data, and its CRC-32C when the reader thread computed it already.
-    Chunk(Vec<u8>, Option<u32>),
+    /// Data: `buf[start..]` (the buffer may be the whole frame it came
+    /// in), and its CRC-32C when the reader thread computed it already.
+    Chunk {
+        buf: Vec<u8>,
+        start: usize,
+        crc: Option<u32>,
+    },
     End(SnapshotEnd),
 }
 
@@ -93,6 +98,7 @@ pub struct SnapshotReader {
     active: Arc<AtomicUsize>,
     counters: Arc<PeerCounters>,
     progress_timeout: Duration,
+    recycler: Recycler,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +130,7 @@ pub(crate) struct ReaderParts {
     pub active: Arc<AtomicUsize>,
     pub counters: Arc<PeerCounters>,
     pub progress_timeout: Duration,
+    pub recycler: Recycler,
 }
 
 impl SnapshotReader {
@@ -145,6 +152,7 @@ impl SnapshotReader {
             active: p.active,
             counters: p.counters,
             progress_timeout: p.progress_timeout,
+            recycler: p.recycler,
         }
     }
 
@@ -194,7 +202,8 @@ impl SnapshotReader {
             let _ = self.reader_wake.send(ReaderMsg::Wake { conn: self.conn });
         }
         match item {
-            SnapItem::Chunk(c, crc) => {
+            SnapItem::Chunk { buf, start, crc } => {
+                let c = &buf[start..];
                 self.received += c.len() as u64;
                 if self.received > self.size {
                     let why = format!("more data than the announced {} bytes", self.size);
@@ -206,10 +215,11 @@ impl SnapshotReader {
                 }
                 self.crc = match crc {
                     Some(p) => self.combiner.combine(self.crc, p, c.len()),
-                    None => crc32c::crc32c_append(self.crc, &c),
+                    None => crc32c::crc32c_append(self.crc, c),
                 };
-                self.cur = c;
-                self.pos = 0;
+                // The spent buffer goes back to the event loop for reuse.
+                self.recycler.recycle(std::mem::replace(&mut self.cur, buf));
+                self.pos = start;
                 Ok(true)
             }
             SnapItem::End(end) => {

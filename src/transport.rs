@@ -146,10 +146,6 @@ impl<M: Message> Drop for StopGuard<M> {
 
 static INSTANCES: AtomicU64 = AtomicU64::new(1);
 
-/// Read buffers (`read_chunk_len` each) kept for reuse between the reader
-/// and the event loop.
-const SPENT_READ_BUFFERS: usize = 8;
-
 impl<M: Message> Transport<M> {
     /// Binds the listener and starts the event loop, reader and notifier
     /// threads. Peers are added afterwards with [`add_peer`](Transport::add_peer).
@@ -177,16 +173,15 @@ impl<M: Message> Transport<M> {
             )?)),
             None => None,
         };
-        // Read buffers the reader is done with, back to the loop (bounded:
-        // a few buffers; more are freed).
-        let (spent_tx, spent_rx) = crossbeam_channel::bounded(SPENT_READ_BUFFERS);
+        // Receive buffers the reader is done with, back to the loop.
+        let (recycler, pools) = crate::io::buffer_pools(&config);
         let event_loop = EventLoop::bind(
             config.clone(),
             epoch,
             reader_tx,
             notice_tx.clone(),
             global.clone(),
-            spent_rx,
+            pools,
             #[cfg(feature = "tls")]
             tls,
         )
@@ -235,7 +230,7 @@ impl<M: Message> Transport<M> {
                     proposals: proposals_tx,
                     snapshots: snapshots_tx,
                     wake_tx,
-                    spent: spent_tx,
+                    recycler,
                 },
                 stop_rx.clone(),
             );

@@ -478,6 +478,45 @@ fn truncated_frame_then_eof_is_counted() {
     });
 }
 
+/// A message frame larger than a read (`read_chunk_len`), which the loop
+/// reads whole into a buffer of its own.
+fn large_frame() -> Vec<u8> {
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 31) as u8).collect();
+    message_frame(&Envelope::new(
+        VICTIM,
+        CLAIMED,
+        MessageClass::Other,
+        payload,
+    ))
+}
+
+#[test]
+fn large_frame_with_bad_checksum_is_closed_and_counted() {
+    let mut f = large_frame();
+    f[150_000] ^= 0x01;
+    bad_input(BadInput::after_a_valid_message(f, "checksum"));
+}
+
+#[test]
+fn large_frame_cut_short_then_eof_is_counted() {
+    let f = large_frame();
+    bad_input(BadInput {
+        half_close: true,
+        ..BadInput::after_a_valid_message(f[..200_000].to_vec(), "ended inside a frame")
+    });
+}
+
+#[test]
+fn frame_header_cut_short_then_eof_is_counted() {
+    // Fewer bytes than a frame header: the loop keeps them for the next
+    // read, and must still hand them to the reader at the end.
+    let f = large_frame();
+    bad_input(BadInput {
+        half_close: true,
+        ..BadInput::after_a_valid_message(f[..5].to_vec(), "ended inside a frame")
+    });
+}
+
 #[test]
 fn undecodable_envelope_is_closed_and_counted() {
     // A valid frame whose payload is shorter than the 17-byte envelope header.

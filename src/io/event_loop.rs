@@ -8,15 +8,16 @@ use crate::config::Config;
 use crate::error::{CloseReason, DropReason, ProtocolViolation};
 use crate::io::stream::Stream;
 use crate::io::{
-    Batch, ConnId, Credit, LoopCmd, LoopHandle, Notice, PeerLink, ReaderMsg, Returned,
+    Batch, ConnId, Credit, LoopCmd, LoopHandle, Notice, PeerLink, Pools, ReaderMsg, Returned,
 };
 use crate::peer::{Backoff, Link, LinkAction, LinkState, Liveness, LivenessCheck};
 use crate::snapshot::{SnapEvent, SnapId};
 use crate::stats::{GlobalCounters, rate_limit};
 use crate::wire::AckStatus;
+use crate::wire::split::{Split, Splitter};
 use crate::wire::{
-    Deframer, FRAME_HEADER_LEN, FrameKind, Hello, Lane, RESPONSE_LEN, RejectReason, Response,
-    encode_frame, heartbeat_frame,
+    Deframer, FRAME_HEADER_LEN, FrameKind, HELLO_LEN, Hello, Lane, RESPONSE_LEN, RejectReason,
+    Response, encode_frame, heartbeat_frame,
 };
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
@@ -105,7 +106,43 @@ enum Kind {
         read_paused: bool,
         /// The delivered count last reported to the dialer.
         acked: u64,
+        intake: Box<Intake>,
     },
+}
+
+/// How an inbound connection's bytes are read: where its frames start, the
+/// start of a header kept from the last read, and a large frame being read
+/// whole into a buffer of its own (so that the reader thread gets it in one
+/// piece instead of copying it together from read-sized ones).
+struct Intake {
+    split: Splitter,
+    carry: [u8; FRAME_HEADER_LEN],
+    carry_len: usize,
+    /// A frame being read whole, and how many of its bytes are in.
+    direct: Option<(Vec<u8>, usize)>,
+}
+
+impl Intake {
+    fn new(config: &Config) -> Box<Intake> {
+        Box::new(Intake {
+            split: Splitter::new(HELLO_LEN, config.read_chunk_len, config.max_frame_len),
+            carry: [0; FRAME_HEADER_LEN],
+            carry_len: 0,
+            direct: None,
+        })
+    }
+
+    /// Bytes read and not handed to the reader: a kept header start, or
+    /// the part of a frame read so far.
+    fn take_unsent(&mut self) -> Vec<u8> {
+        let mut out = self.carry[..self.carry_len].to_vec();
+        self.carry_len = 0;
+        if let Some((mut buf, filled)) = self.direct.take() {
+            buf.truncate(filled);
+            out.extend_from_slice(&buf);
+        }
+        out
+    }
 }
 
 struct Conn {
@@ -173,8 +210,8 @@ pub(crate) struct EventLoop {
     next_timer: Instant,
     seed: u64,
     stopping: bool,
-    /// Read buffers handed back by the reader, for reuse.
-    spent: Receiver<Vec<u8>>,
+    /// Receive buffers handed back by the reader, for reuse.
+    pools: Pools,
     #[cfg(feature = "tls")]
     tls: Option<Arc<crate::tls::TlsContext>>,
 }
@@ -214,7 +251,7 @@ impl EventLoop {
         reader_tx: Sender<ReaderMsg>,
         notice_tx: Sender<Notice>,
         global: Arc<GlobalCounters>,
-        spent: Receiver<Vec<u8>>,
+        pools: Pools,
         #[cfg(feature = "tls")] tls: Option<Arc<crate::tls::TlsContext>>,
     ) -> io::Result<EventLoop> {
         let addr = config.listen_addr;
@@ -257,7 +294,7 @@ impl EventLoop {
             next_timer: Instant::now(),
             seed,
             stopping: false,
-            spent,
+            pools,
             #[cfg(feature = "tls")]
             tls,
         })
@@ -601,6 +638,7 @@ impl EventLoop {
                         accepted: None,
                         read_paused: false,
                         acked: 0,
+                        intake: Intake::new(&self.config),
                     };
                     self.conns.insert(id, Conn::new(stream, kind, now));
                     let _ = self.reader_tx.send(ReaderMsg::Opened {
@@ -838,18 +876,22 @@ impl EventLoop {
             Kind::Inbound {
                 credit,
                 read_paused,
+                intake,
                 ..
             } => {
                 if *read_paused {
                     return;
                 }
                 loop {
-                    if credit.inflight.load(SeqCst) >= cap && c.closing.is_none() {
+                    let filling = intake.direct.is_some() && c.closing.is_none();
+                    if !filling && credit.inflight.load(SeqCst) >= cap && c.closing.is_none() {
                         // Out of credit: stop reading until the reader, on
                         // releasing credit, finds `paused` set and sends
                         // ResumeRead. Re-check after setting the flag, in
                         // case the release happened in between (SeqCst on
                         // both sides: store-then-load must not reorder).
+                        // (A frame being read whole is finished first: its
+                        // bytes count once it is handed over.)
                         credit.paused.store(true, SeqCst);
                         if credit.inflight.load(SeqCst) >= cap {
                             *read_paused = true;
@@ -857,7 +899,14 @@ impl EventLoop {
                         }
                         credit.paused.store(false, SeqCst);
                     }
-                    let r = c.stream.read(&mut self.scratch);
+                    let kept = intake.carry_len;
+                    let r = match &mut intake.direct {
+                        Some((buf, filled)) if filling => c.stream.read(&mut buf[*filled..]),
+                        _ => {
+                            self.scratch[..kept].copy_from_slice(&intake.carry[..kept]);
+                            c.stream.read(&mut self.scratch[kept..])
+                        }
+                    };
                     #[cfg(feature = "tls")]
                     if c.stream.take_established() {
                         match identify(&self.tls, &c.stream) {
@@ -876,28 +925,51 @@ impl EventLoop {
                             if c.closing.is_some() {
                                 continue; // rejected: discard
                             }
-                            credit.inflight.fetch_add(n, SeqCst);
                             self.next_timer = self.next_timer.min(now + self.config.ack_interval);
+                            let hand = |bytes: Vec<u8>| {
+                                credit.inflight.fetch_add(bytes.len(), SeqCst);
+                                let _ = self.reader_tx.send(ReaderMsg::Data { conn: id, bytes });
+                            };
+                            if filling {
+                                let Some((buf, filled)) = &mut intake.direct else {
+                                    unreachable!("filling a frame")
+                                };
+                                *filled += n;
+                                if *filled == buf.len() {
+                                    hand(intake.direct.take().expect("filling").0);
+                                }
+                                continue;
+                            }
+                            intake.carry_len = 0;
+                            let len = kept + n;
+                            let (pass, direct) = match intake.split.split(&self.scratch[..len]) {
+                                Split::Pass(pass) => {
+                                    let keep = &self.scratch[pass..len];
+                                    intake.carry[..keep.len()].copy_from_slice(keep);
+                                    intake.carry_len = keep.len();
+                                    (pass, None)
+                                }
+                                Split::Direct { at, total } => {
+                                    let mut buf = self.pools.frame_buf(total);
+                                    buf[..len - at].copy_from_slice(&self.scratch[at..len]);
+                                    (at, Some((buf, len - at)))
+                                }
+                            };
+                            intake.direct = direct;
+                            if pass == 0 {
+                                continue;
+                            }
                             // A mostly full read is handed over as it is (no
                             // copy); a small one is copied out to its size,
                             // so that buffered bytes stay close to `inflight`.
-                            let bytes = if n >= self.scratch.len() / 2 {
-                                let len = self.config.read_chunk_len;
-                                let fresh = match self.spent.try_recv() {
-                                    // Only its tail past the last read is zeroed.
-                                    Ok(mut b) => {
-                                        b.resize(len, 0);
-                                        b
-                                    }
-                                    Err(_) => vec![0u8; len],
-                                };
-                                let mut full = std::mem::replace(&mut self.scratch, fresh);
-                                full.truncate(n);
+                            hand(if pass >= self.scratch.len() / 2 {
+                                let mut full =
+                                    std::mem::replace(&mut self.scratch, self.pools.read_buf());
+                                full.truncate(pass);
                                 full
                             } else {
-                                self.scratch[..n].to_vec()
-                            };
-                            let _ = self.reader_tx.send(ReaderMsg::Data { conn: id, bytes });
+                                self.scratch[..pass].to_vec()
+                            });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1305,12 +1377,23 @@ impl EventLoop {
         });
         let _ = self.poll.registry().deregister(c.stream.sock_mut());
         if let Kind::Inbound {
-            accepted: Some(key),
+            accepted,
+            intake,
+            credit,
             ..
-        } = c.kind
+        } = &mut c.kind
         {
-            if self.inbound_by.get(&key) == Some(&id) {
-                self.inbound_by.remove(&key);
+            if let Some(key) = accepted {
+                if self.inbound_by.get(key) == Some(&id) {
+                    self.inbound_by.remove(key);
+                }
+            }
+            // The reader sees every byte that came, so that it can tell a
+            // connection that ended inside a frame.
+            let bytes = intake.take_unsent();
+            if !bytes.is_empty() && c.closing.is_none() {
+                credit.inflight.fetch_add(bytes.len(), SeqCst);
+                let _ = self.reader_tx.send(ReaderMsg::Data { conn: id, bytes });
             }
         }
         if reason == CloseReason::HandshakeTimeout {

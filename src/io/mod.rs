@@ -11,7 +11,7 @@ pub(crate) mod writer;
 use crate::error::CloseReason;
 use crate::stats::PeerCounters;
 use crate::wire::{Lane, RESPONSE_LEN};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,6 +148,83 @@ impl LoopHandle {
         }
         true
     }
+}
+
+/// Read buffers the reader keeps for reuse…
+const SPENT_READ_BUFFERS: usize = 8;
+/// …and whole-frame buffers (each at most `2 × conn_read_cap`).
+const SPENT_FRAME_BUFFERS: usize = 2;
+
+/// Receive buffers on their way back to the event loop for its next reads:
+/// read-sized buffers, and the buffers large frames were read into whole.
+/// Both pools are small and bounded; other buffers are freed.
+#[derive(Clone)]
+pub(crate) struct Recycler {
+    reads: Sender<Vec<u8>>,
+    frames: Sender<Vec<u8>>,
+    read_len: usize,
+    frame_max: usize,
+}
+
+impl Recycler {
+    pub fn recycle(&self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap == self.read_len {
+            let _ = self.reads.try_send(buf);
+        } else if cap > self.read_len && cap <= self.frame_max {
+            let _ = self.frames.try_send(buf);
+        }
+    }
+}
+
+/// The event loop's end of the [`Recycler`].
+pub(crate) struct Pools {
+    reads: Receiver<Vec<u8>>,
+    frames: Receiver<Vec<u8>>,
+    read_len: usize,
+}
+
+impl Pools {
+    /// A read buffer of `read_chunk_len` bytes (its contents are garbage).
+    pub fn read_buf(&self) -> Vec<u8> {
+        match self.reads.try_recv() {
+            // Only its tail past the last read is zeroed.
+            Ok(mut b) => {
+                b.resize(self.read_len, 0);
+                b
+            }
+            Err(_) => vec![0u8; self.read_len],
+        }
+    }
+
+    /// A buffer of exactly `len` bytes for a frame read whole.
+    pub fn frame_buf(&self, len: usize) -> Vec<u8> {
+        match self.frames.try_recv() {
+            Ok(mut b) if b.capacity() >= len => {
+                b.resize(len, 0);
+                b
+            }
+            _ => vec![0u8; len],
+        }
+    }
+}
+
+/// The two ends of the receive-buffer pools of one transport.
+pub(crate) fn buffer_pools(config: &crate::config::Config) -> (Recycler, Pools) {
+    let (reads_tx, reads) = crossbeam_channel::bounded(SPENT_READ_BUFFERS);
+    let (frames_tx, frames) = crossbeam_channel::bounded(SPENT_FRAME_BUFFERS);
+    let recycler = Recycler {
+        reads: reads_tx,
+        frames: frames_tx,
+        read_len: config.read_chunk_len,
+        frame_max: 2 * config.conn_read_cap.max(config.read_chunk_len),
+    };
+    let pools = Pools {
+        reads,
+        frames,
+        read_len: config.read_chunk_len,
+    };
+    (recycler, pools)
 }
 
 /// Read credit of one inbound connection: bytes handed to the reader and

@@ -11,7 +11,7 @@
 //! delays another peer's messages by at most a few budgets of deliveries.
 
 use crate::error::{CloseReason, ProtocolViolation};
-use crate::io::{ConnId, Credit, LoopCmd, LoopHandle, ReaderMsg};
+use crate::io::{ConnId, Credit, LoopCmd, LoopHandle, ReaderMsg, Recycler};
 use crate::message::{Message, MessageClass};
 use crate::reporter::Reporter;
 use crate::snapshot::{IncomingSnapshot, Parking, ReaderParts, SnapItem, SnapshotReader};
@@ -192,7 +192,7 @@ pub(crate) struct Reader<M: Message> {
     snapshots: Delivery<IncomingSnapshot<M>>,
     /// For `SnapshotReader`s to wake this thread.
     wake_tx: Sender<ReaderMsg>,
-    spent: Sender<Vec<u8>>,
+    recycler: Recycler,
     incoming_snapshots: Arc<AtomicUsize>,
     stop: Receiver<()>,
     conns: HashMap<ConnId, InConn>,
@@ -206,8 +206,8 @@ pub(crate) struct Outputs<M> {
     pub snapshots: Sender<IncomingSnapshot<M>>,
     /// A sender into the reader's own input, for snapshot wake-ups.
     pub wake_tx: Sender<ReaderMsg>,
-    /// Spent read buffers go back to the event loop for its next reads.
-    pub spent: Sender<Vec<u8>>,
+    /// Spent receive buffers go back to the event loop for its next reads.
+    pub recycler: Recycler,
 }
 
 impl<M: Message> Reader<M> {
@@ -229,7 +229,7 @@ impl<M: Message> Reader<M> {
             proposals: Delivery::new(out.proposals, max_bytes),
             snapshots: Delivery::new(out.snapshots, max_bytes),
             wake_tx: out.wake_tx,
-            spent: out.spent,
+            recycler: out.recycler,
             incoming_snapshots: Arc::new(AtomicUsize::new(0)),
             stop,
             conns: HashMap::new(),
@@ -349,30 +349,36 @@ impl<M: Message> Reader<M> {
             _ => None,
         };
         while budget.left() {
-            let Some(chunk) = c.chunks.pop_front() else {
+            let Some(mut chunk) = c.chunks.pop_front() else {
                 break;
             };
+            // (A snapshot chunk that is the whole buffer takes the buffer.)
+            let len = chunk.len();
             let mut off = c.offset;
-            let result = self.consume(id, &mut c, &chunk, &mut off, &mut budget, peer.as_deref());
+            let result = self.consume(
+                id,
+                &mut c,
+                &mut chunk,
+                &mut off,
+                &mut budget,
+                peer.as_deref(),
+            );
             let parked = matches!(result, Ok(Flow::Park));
-            if off < chunk.len() && matches!(c.state, State::Open { .. }) {
+            if off < len && matches!(c.state, State::Open { .. }) {
                 c.offset = off;
                 c.chunks.push_front(chunk);
             } else {
                 c.offset = 0;
                 release(
                     &c.credit,
-                    chunk.len(),
+                    len,
                     self.inner.config.conn_read_cap,
                     id,
                     &self.loop_handle,
                 );
-                // A full-size read buffer is worth reusing (no allocation
-                // and no zeroing for the loop's next read); the pool is
-                // small and bounded, the rest is freed.
-                if chunk.capacity() == self.inner.config.read_chunk_len {
-                    let _ = self.spent.try_send(chunk);
-                }
+                // Reused by the loop for its next reads: no allocation and
+                // no zeroing (the pools are small; the rest is freed).
+                self.recycler.recycle(chunk);
             }
             result?;
             if parked {
@@ -422,7 +428,7 @@ impl<M: Message> Reader<M> {
         &mut self,
         id: ConnId,
         c: &mut InConn,
-        chunk: &[u8],
+        chunk: &mut Vec<u8>,
         off: &mut usize,
         budget: &mut Budget,
         peer: Option<&PeerHandle<M>>,
@@ -526,7 +532,7 @@ impl<M: Message> Reader<M> {
         id: ConnId,
         c: &mut InConn,
         from: u64,
-        chunk: &[u8],
+        chunk: &mut Vec<u8>,
         off: &mut usize,
         budget: &mut Budget,
         peer: Option<&PeerHandle<M>>,
@@ -535,6 +541,9 @@ impl<M: Message> Reader<M> {
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
         let mut flow = Flow::Go;
+        // A chunk frame that is the whole input buffer: the buffer itself
+        // goes to the application (after the cursor lets go of it).
+        let mut whole_chunk = None;
         while flow == Flow::Go {
             let frame = match budget.next(&mut cursor) {
                 None => break,
@@ -563,9 +572,22 @@ impl<M: Message> Reader<M> {
                         ..
                     },
                 ) => {
-                    *pending = Some(SnapItem::Chunk(frame.payload.to_vec(), frame.payload_crc));
-                    if push(tx, pending, parking) == Flow::Park {
-                        flow = Flow::Park;
+                    let p = frame.payload;
+                    if p.len() + FRAME_HEADER_LEN == chunk.len()
+                        && std::ptr::eq(p.as_ptr(), chunk[FRAME_HEADER_LEN..].as_ptr())
+                    {
+                        // The last frame of this input, so nothing follows
+                        // it in this loop.
+                        whole_chunk = Some(frame.payload_crc);
+                    } else {
+                        *pending = Some(SnapItem::Chunk {
+                            buf: p.to_vec(),
+                            start: 0,
+                            crc: frame.payload_crc,
+                        });
+                        if push(tx, pending, parking) == Flow::Park {
+                            flow = Flow::Park;
+                        }
                     }
                     Ok(None)
                 }
@@ -637,6 +659,24 @@ impl<M: Message> Reader<M> {
             }
         }
         *off = chunk.len() - cursor.remaining();
+        if let (
+            Some(crc),
+            SnapIn::Stream {
+                tx,
+                pending,
+                parking,
+            },
+        ) = (whole_chunk, &mut snap)
+        {
+            *pending = Some(SnapItem::Chunk {
+                buf: std::mem::take(chunk),
+                start: FRAME_HEADER_LEN,
+                crc,
+            });
+            if push(tx, pending, parking) == Flow::Park {
+                flow = Flow::Park;
+            }
+        }
         c.snap = Some(snap);
         if let Some(v) = violation {
             c.snap = Some(SnapIn::Finished);
@@ -701,6 +741,7 @@ impl<M: Message> Reader<M> {
             active: self.incoming_snapshots.clone(),
             counters,
             progress_timeout: cfg.snapshot_progress_timeout,
+            recycler: self.recycler.clone(),
         });
         info!(
             "node {}: receiving a snapshot of {} bytes from node {from}",

@@ -9,6 +9,7 @@ pub(crate) mod crc;
 pub mod frame;
 pub mod handshake;
 pub mod snapshot;
+pub(crate) mod split;
 
 pub use frame::{
     Cursor, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame, heartbeat_frame,
