@@ -103,6 +103,11 @@
 //! assert!(Heartbeat::decode(&bytes[..5]).is_err());
 //! ```
 //!
+//! A type that holds a large payload in a buffer of its own can also
+//! implement [`Message::encode_owned`], returning that buffer instead of
+//! copying it: the transport then writes it to the socket from where it is
+//! ([`Envelope`] does this).
+//!
 //! # 4. Reporting back to Raft
 //!
 //! Raft retries on its own; what it needs is to *know* when messages did

@@ -83,6 +83,29 @@ pub trait Message: Send + Sized + 'static {
     fn encoded_len(&self) -> usize;
     /// Appends the encoding to `out`.
     fn encode(&self, out: &mut Vec<u8>);
+    /// Encodes a message the transport is done with (it is being sent):
+    /// like [`encode`](Message::encode), except that the last bytes of the
+    /// encoding may be returned as a buffer of their own instead of being
+    /// appended to `out` (a large payload the message already holds). The
+    /// transport then writes that buffer to the socket from where it is,
+    /// with no copy. `out`'s new bytes followed by the returned ones must
+    /// be exactly what `encode` appends. The default calls `encode`.
+    ///
+    /// ```
+    /// use raftwire::{Envelope, Message, MessageClass};
+    ///
+    /// let m = Envelope::new(2, 1, MessageClass::Append, vec![7; 100_000]);
+    /// let mut whole = Vec::new();
+    /// m.encode(&mut whole);
+    /// let mut head = Vec::new();
+    /// let tail = m.encode_owned(&mut head).unwrap();
+    /// assert_eq!(head.len(), raftwire::message::ENVELOPE_HEADER_LEN);
+    /// assert_eq!([head, tail].concat(), whole);
+    /// ```
+    fn encode_owned(self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+        self.encode(out);
+        None
+    }
     /// Decodes a message from exactly the bytes `encode` produced.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
     /// Whether this message must never cross the network (raft's `MsgHup`,
@@ -132,6 +155,14 @@ impl Envelope {
             payload,
         }
     }
+
+    fn header(&self) -> [u8; ENVELOPE_HEADER_LEN] {
+        let mut h = [0u8; ENVELOPE_HEADER_LEN];
+        BigEndian::write_u64(&mut h[0..8], self.to);
+        BigEndian::write_u64(&mut h[8..16], self.from);
+        h[16] = self.class.to_u8();
+        h
+    }
 }
 
 impl Message for Envelope {
@@ -148,12 +179,12 @@ impl Message for Envelope {
         ENVELOPE_HEADER_LEN + self.payload.len()
     }
     fn encode(&self, out: &mut Vec<u8>) {
-        let mut h = [0u8; ENVELOPE_HEADER_LEN];
-        BigEndian::write_u64(&mut h[0..8], self.to);
-        BigEndian::write_u64(&mut h[8..16], self.from);
-        h[16] = self.class.to_u8();
-        out.extend_from_slice(&h);
+        out.extend_from_slice(&self.header());
         out.extend_from_slice(&self.payload);
+    }
+    fn encode_owned(self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+        out.extend_from_slice(&self.header());
+        Some(self.payload)
     }
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() < ENVELOPE_HEADER_LEN {

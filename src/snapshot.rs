@@ -440,7 +440,7 @@ impl Streamer {
         self.inflight += 1;
         let sent = job.loop_handle.send(LoopCmd::SnapshotData {
             snap: job.snap,
-            batch: Batch { buf, msgs: 0 },
+            batch: Batch::of(buf, 0),
         });
         if sent {
             Ok(())

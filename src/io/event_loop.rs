@@ -63,10 +63,22 @@ enum Out {
 }
 
 impl Out {
-    fn bytes(&self) -> &[u8] {
+    fn len(&self) -> usize {
         match self {
-            Out::Batch(b) => &b.buf,
-            Out::Control(c) => &c.bytes[..c.len],
+            Out::Batch(b) => b.len(),
+            Out::Control(c) => c.len,
+        }
+    }
+
+    /// See [`Batch::slices`].
+    fn slices<'a>(&'a self, skip: usize, iov: &mut [IoSlice<'a>]) -> usize {
+        match self {
+            Out::Batch(b) => b.slices(skip, iov),
+            Out::Control(c) if skip < c.len && !iov.is_empty() => {
+                iov[0] = IoSlice::new(&c.bytes[skip..c.len]);
+                1
+            }
+            Out::Control(_) => 0,
         }
     }
 }
@@ -1222,10 +1234,11 @@ impl EventLoop {
         while failed.is_none() && !c.out.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
-            for (i, o) in c.out.iter().take(MAX_IOV).enumerate() {
-                let b = o.bytes();
-                iov[i] = IoSlice::new(if i == 0 { &b[c.out_pos..] } else { b });
-                n += 1;
+            for (i, o) in c.out.iter().enumerate() {
+                n += o.slices(if i == 0 { c.out_pos } else { 0 }, &mut iov[n..]);
+                if n == MAX_IOV {
+                    break;
+                }
             }
             match c.stream.write_vectored(&iov[..n]) {
                 Ok(0) => {
@@ -1235,7 +1248,7 @@ impl EventLoop {
                 Ok(mut written) => {
                     wrote = true;
                     while written > 0 {
-                        let front_left = c.out[0].bytes().len() - c.out_pos;
+                        let front_left = c.out[0].len() - c.out_pos;
                         if written < front_left {
                             c.out_pos += written;
                             break;
@@ -1712,9 +1725,5 @@ fn count_in_flight(c: &Conn, link: &PeerLink) {
 /// batch the writer may have out, so this never blocks; if it ever were
 /// full, the buffer is simply freed.
 fn give_back(returns: &Sender<Returned>, batch: Batch, dropped: Option<DropReason>) {
-    let _ = returns.try_send(Returned {
-        buf: batch.buf,
-        msgs: batch.msgs,
-        dropped,
-    });
+    let _ = returns.try_send(Returned { batch, dropped });
 }

@@ -21,18 +21,60 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 pub(crate) type ConnId = usize;
 
 /// A batch of encoded frames from a writer, on its way to a socket.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub buf: Vec<u8>,
     pub msgs: u32,
+    /// Large payload tails (`Message::encode_owned`), written from their
+    /// own buffers: each `(at, bytes)` goes right after `buf[..at]`, in
+    /// order of `at`.
+    pub tails: Vec<(usize, Vec<u8>)>,
+}
+
+impl Batch {
+    /// A batch of bytes in one buffer.
+    pub fn of(buf: Vec<u8>, msgs: u32) -> Batch {
+        Batch {
+            buf,
+            msgs,
+            tails: Vec::new(),
+        }
+    }
+
+    /// Bytes in all, tails included.
+    pub fn len(&self) -> usize {
+        self.buf.len() + self.tails.iter().map(|(_, t)| t.len()).sum::<usize>()
+    }
+
+    /// Puts the batch's bytes from `skip` on into `iov`, as many slices as
+    /// fit; returns how many it put.
+    pub fn slices<'a>(&'a self, mut skip: usize, iov: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut put = |s: &'a [u8]| {
+            if skip >= s.len() {
+                skip -= s.len();
+            } else if n < iov.len() {
+                iov[n] = std::io::IoSlice::new(&s[skip..]);
+                skip = 0;
+                n += 1;
+            }
+        };
+        let mut pos = 0;
+        for (at, t) in &self.tails {
+            put(&self.buf[pos..*at]);
+            put(t);
+            pos = *at;
+        }
+        put(&self.buf[pos..]);
+        n
+    }
 }
 
 /// A batch handed back to its writer: written (`dropped: None`), or not,
 /// and why: `Unreachable` (no connection), `Removed` or `Stopped`.
 #[derive(Debug)]
 pub(crate) struct Returned {
-    pub buf: Vec<u8>,
-    pub msgs: u32,
+    pub batch: Batch,
     pub dropped: Option<crate::error::DropReason>,
 }
 
@@ -273,4 +315,40 @@ pub(crate) enum Notice {
     Snapshot(u64, crate::reporter::SnapshotStatus),
     Rejected(u64, crate::wire::RejectReason),
     Forget(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+
+    #[test]
+    fn batch_slices_give_every_byte_once_from_any_offset() {
+        // buf "AAABB" with a tail after "AAA" and one at the end (and an
+        // empty one, which must not matter).
+        let b = Batch {
+            buf: b"AAABB".to_vec(),
+            msgs: 2,
+            tails: vec![(3, b"xxxx".to_vec()), (5, Vec::new()), (5, b"yy".to_vec())],
+        };
+        let whole = b"AAAxxxxBByy".to_vec();
+        assert_eq!(b.len(), whole.len());
+        for skip in 0..=whole.len() {
+            for room in 1..6 {
+                let mut iov = [IoSlice::new(&[]); 5];
+                let n = b.slices(skip, &mut iov[..room]);
+                let got: Vec<u8> = iov[..n].iter().flat_map(|s| s.to_vec()).collect();
+                assert!(iov[..n].iter().all(|s| !s.is_empty()), "empty slice");
+                assert!(whole[skip..].starts_with(&got), "skip {skip} room {room}");
+                if room >= 4 {
+                    assert_eq!(got, whole[skip..], "skip {skip} room {room}");
+                }
+            }
+        }
+        let plain = Batch::of(b"abc".to_vec(), 1);
+        let mut iov = [IoSlice::new(&[]); 2];
+        assert_eq!(plain.slices(1, &mut iov), 1);
+        assert_eq!(&*iov[0], b"bc");
+        assert_eq!(plain.slices(3, &mut iov), 0);
+    }
 }

@@ -9,13 +9,19 @@ use crate::error::DropReason;
 use crate::io::{Batch, LoopCmd, LoopHandle, Notice, Queued, Returned};
 use crate::message::Message;
 use crate::stats::{PeerCounters, rate_limit};
-use crate::wire::{FrameKind, Lane, encode_frame};
+use crate::wire::frame::encode_frame_owned;
+use crate::wire::{FrameKind, Lane};
 use crossbeam_channel::{Receiver, Sender, select};
 use log::{error, warn};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::time::{Duration, Instant};
+
+/// Payload tails of at least this many bytes are written from the
+/// message's own buffer (`Message::encode_owned`); shorter ones are copied
+/// into the batch, where one more slice would cost more than the copy.
+const MIN_OWNED_TAIL: usize = 16 << 10;
 
 pub(crate) struct WriterCtx<M> {
     pub peer: u64,
@@ -158,22 +164,23 @@ impl<M: Message> Writer<M> {
     /// only when unreachable: removal and stop are the user's doing).
     /// Returns the buffer.
     fn account(&mut self, r: Returned) -> Vec<u8> {
+        let msgs = r.batch.msgs as u64;
         self.inflight -= 1;
-        self.inflight_msgs -= r.msgs as u64;
+        self.inflight_msgs -= msgs;
         let c = &self.ctx;
         let lane = c.counters.lane(c.lane);
         match r.dropped {
             None => {
-                lane.msgs_sent.fetch_add(r.msgs as u64, Relaxed);
-                lane.bytes_sent.fetch_add(r.buf.len() as u64, Relaxed);
+                lane.msgs_sent.fetch_add(msgs, Relaxed);
+                lane.bytes_sent.fetch_add(r.batch.len() as u64, Relaxed);
             }
-            Some(_) if r.msgs == 0 => {}
-            Some(DropReason::Unreachable) => {
-                self.record_drop(DropReason::Unreachable, r.msgs as u64)
-            }
-            Some(reason) => c.counters.count_drop(c.lane, reason, r.msgs as u64),
+            Some(_) if msgs == 0 => {}
+            Some(DropReason::Unreachable) => self.record_drop(DropReason::Unreachable, msgs),
+            Some(reason) => c.counters.count_drop(c.lane, reason, msgs),
         }
-        r.buf
+        // The tails (the messages' own payloads) are freed here, off the
+        // event loop's thread.
+        r.batch.buf
     }
 
     fn keep_spare(&mut self, mut buf: Vec<u8>) {
@@ -217,18 +224,31 @@ impl<M: Message> Writer<M> {
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(cfg.batch_max_bytes + 1024));
         let mut msgs = 0u32;
+        let mut tails = Vec::new();
+        let mut tails_len = 0;
         let mut dequeued_bytes = 0u64;
         let mut too_large = 0u64;
         let mut next = Some(first);
         while let Some(q) = next.take() {
             dequeued_bytes += q.len;
-            match encode_frame(&mut buf, FrameKind::Message, cfg.max_frame_len, |b| {
-                q.msg.encode(b)
-            }) {
-                Ok(()) => msgs += 1,
+            let encoded = encode_frame_owned(
+                &mut buf,
+                FrameKind::Message,
+                cfg.max_frame_len,
+                MIN_OWNED_TAIL,
+                |b| q.msg.encode_owned(b),
+            );
+            match encoded {
+                Ok(tail) => {
+                    msgs += 1;
+                    if let Some(t) = tail {
+                        tails_len += t.len();
+                        tails.push((buf.len(), t));
+                    }
+                }
                 Err(_) => too_large += 1,
             }
-            if buf.len() >= cfg.batch_max_bytes || msgs as usize >= cfg.batch_max_msgs {
+            if buf.len() + tails_len >= cfg.batch_max_bytes || msgs as usize >= cfg.batch_max_msgs {
                 break;
             }
             next = self.ctx.queue.try_recv().ok();
@@ -251,12 +271,13 @@ impl<M: Message> Writer<M> {
             self.spare.push(buf);
             return;
         }
+        let batch = Batch { buf, msgs, tails };
         self.inflight += 1;
         self.inflight_msgs += msgs as u64;
         let sent = self.ctx.loop_handle.send(LoopCmd::Batch {
             peer: self.ctx.peer,
             lane: self.ctx.lane,
-            batch: Batch { buf, msgs },
+            batch,
         });
         if !sent {
             // The loop is gone: the transport is stopping.

@@ -233,6 +233,41 @@ pub fn encode_frame(
     Ok(())
 }
 
+/// Like [`encode_frame`], for a payload whose last bytes may come as a
+/// buffer of their own (see [`Message::encode_owned`](crate::Message::encode_owned)).
+/// Such a tail of at least `min_tail` bytes is not copied: it is returned,
+/// to be written right after `out`. A shorter one is appended to `out`.
+/// The checksum covers the whole payload either way.
+pub(crate) fn encode_frame_owned(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    max_len: u32,
+    min_tail: usize,
+    write_payload: impl FnOnce(&mut Vec<u8>) -> Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, usize> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    let mut tail = write_payload(out);
+    if let Some(t) = tail.take_if(|t| t.len() < min_tail) {
+        out.extend_from_slice(&t);
+    }
+    let tail_len = tail.as_ref().map_or(0, |t| t.len());
+    let payload_len = out.len() - start - FRAME_HEADER_LEN + tail_len;
+    if payload_len > max_len as usize {
+        out.truncate(start);
+        return Err(payload_len);
+    }
+    let frame = &mut out[start..];
+    BigEndian::write_u32(&mut frame[0..4], payload_len as u32);
+    frame[4] = kind as u8;
+    let mut crc = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..]);
+    if let Some(t) = &tail {
+        crc = crc32c::crc32c_append(crc, t);
+    }
+    BigEndian::write_u32(&mut frame[8..12], crc);
+    Ok(tail)
+}
+
 /// The 12 bytes of a link heartbeat frame (empty payload).
 pub fn heartbeat_frame() -> [u8; FRAME_HEADER_LEN] {
     let mut b = [0u8; FRAME_HEADER_LEN];
@@ -632,6 +667,41 @@ mod tests {
         let got = decode_all(&mut d, &[&bytes, &heartbeat_frame()]);
         assert_eq!(got.len(), 1);
         assert!(matches!(got[0], Err(FrameError::BadChecksum { .. })));
+    }
+
+    #[test]
+    fn frames_with_an_owned_tail_are_ordinary_frames() {
+        for (head, tail, min_tail) in [
+            (17, 5000, 4096),
+            (17, 100, 4096),
+            (0, 4096, 4096),
+            (3, 0, 1),
+        ] {
+            let payload: Vec<u8> = (0..head + tail).map(|i| (i * 13) as u8).collect();
+            let mut plain = Vec::new();
+            encode_frame(&mut plain, FrameKind::Message, 1 << 20, |b| {
+                b.extend_from_slice(&payload)
+            })
+            .unwrap();
+            let mut out = vec![9u8; 7];
+            let t = encode_frame_owned(&mut out, FrameKind::Message, 1 << 20, min_tail, |b| {
+                b.extend_from_slice(&payload[..head]);
+                Some(payload[head..].to_vec())
+            })
+            .unwrap();
+            assert_eq!(t.is_some(), tail >= min_tail);
+            let mut joined = out[7..].to_vec();
+            joined.extend_from_slice(&t.unwrap_or_default());
+            assert_eq!(joined, plain, "head {head}, tail {tail}");
+        }
+        // Too long with its tail: refused, `out` as it was.
+        let mut out = vec![1, 2, 3];
+        let r = encode_frame_owned(&mut out, FrameKind::Message, 100, 10, |b| {
+            b.extend_from_slice(&[0; 50]);
+            Some(vec![0; 60])
+        });
+        assert_eq!(r, Err(110));
+        assert_eq!(out, vec![1, 2, 3]);
     }
 
     #[test]
