@@ -54,12 +54,19 @@ pub struct Config {
     /// written to the socket. The writer waits when this many are out.
     pub max_inflight_batches: usize,
 
-    /// Capacity of each receive channel (`messages()` and `proposals()`),
-    /// in messages.
+    /// Capacity of each receive channel (`messages()`, `proposals()` and
+    /// `appends()`), in messages.
     pub recv_queue_len: usize,
     /// Bytes (encoded size) that each receive channel may hold before the
     /// reader stops delivering and, through TCP, the senders slow down.
     pub recv_queue_bytes: usize,
+    /// Deliver append-class messages on [`Transport::appends`](crate::Transport::appends)
+    /// instead of `messages()`. Appends then never queue in front of
+    /// heartbeats and votes on the receive side either, and a full appends
+    /// channel holds back only the append lanes (the reader serves the
+    /// other connections meanwhile). Poll both channels, `messages()`
+    /// first. Default `false`: everything but proposals on `messages()`.
+    pub separate_appends: bool,
     /// Per inbound connection: bytes read from the socket and not yet
     /// decoded. Past it the event loop stops reading that socket.
     pub conn_read_cap: usize,
@@ -159,6 +166,7 @@ impl Config {
             max_inflight_batches: 4,
             recv_queue_len: 4096,
             recv_queue_bytes: 64 << 20,
+            separate_appends: false,
             conn_read_cap: 1 << 20,
             max_inbound_connections: 256,
             read_chunk_len: 64 << 10,

@@ -99,6 +99,7 @@ pub(crate) struct Inner<M> {
     notice_tx: Sender<Notice>,
     messages_rx: Receiver<M>,
     proposals_rx: Receiver<M>,
+    appends_rx: Receiver<M>,
     stop_tx: Mutex<Option<Sender<()>>>,
     stop_rx: Receiver<()>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -159,6 +160,7 @@ impl<M: Message> Transport<M> {
         let (reader_tx, reader_rx) = crossbeam_channel::unbounded();
         let (messages_tx, messages_rx) = crossbeam_channel::bounded(config.recv_queue_len);
         let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(config.recv_queue_len);
+        let (appends_tx, appends_rx) = crossbeam_channel::bounded(config.recv_queue_len);
         let (snapshots_tx, snapshots_rx) =
             crossbeam_channel::bounded(config.max_incoming_snapshots);
         let wake_tx = reader_tx.clone();
@@ -201,6 +203,7 @@ impl<M: Message> Transport<M> {
             notice_tx,
             messages_rx,
             proposals_rx,
+            appends_rx,
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx: stop_rx.clone(),
             threads: Mutex::new(Vec::new()),
@@ -228,6 +231,7 @@ impl<M: Message> Transport<M> {
                 Outputs {
                     messages: messages_tx,
                     proposals: proposals_tx,
+                    appends: appends_tx,
                     snapshots: snapshots_tx,
                     wake_tx,
                     recycler,
@@ -393,6 +397,34 @@ impl<M: Message> Transport<M> {
     /// Received proposals (`MessageClass::Proposal`, etcd's `propc`).
     pub fn proposals(&self) -> &Receiver<M> {
         &self.inner.proposals_rx
+    }
+
+    /// Received appends (`MessageClass::Append`) when
+    /// [`Config::separate_appends`] is set; otherwise they arrive on
+    /// [`messages`](Transport::messages) and this channel stays empty.
+    ///
+    /// ```
+    /// # use raftwire::{Config, Envelope, MessageClass, NoopReporter, Transport};
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), raftwire::Error> {
+    /// let mut config = Config::new(2, "127.0.0.1:0".parse().unwrap());
+    /// config.separate_appends = true;
+    /// let node: Transport<Envelope> = Transport::start(config, NoopReporter)?;
+    /// // A Raft loop that takes heartbeats and votes before appends:
+    /// let next = node.messages().try_recv().ok().or_else(|| {
+    ///     crossbeam_channel::select! {
+    ///         recv(node.messages()) -> m => m.ok(),
+    ///         recv(node.appends()) -> m => m.ok(),
+    ///         default(Duration::from_millis(10)) => None,
+    ///     }
+    /// });
+    /// assert!(next.is_none()); // nobody has sent anything yet
+    /// node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn appends(&self) -> &Receiver<M> {
+        &self.inner.appends_rx
     }
 
     /// Adds a cluster member and starts dialing it (both lanes), with

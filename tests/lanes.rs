@@ -101,3 +101,53 @@ fn heartbeat_latency_stays_low_while_appends_saturate_their_lane() {
         "the append lane was saturated"
     );
 }
+
+/// An append carrying sequence number `seq` in its first 8 bytes.
+fn append(seq: u64, len: usize) -> Envelope {
+    let mut p = vec![0x5A; len];
+    p[..8].copy_from_slice(&seq.to_be_bytes());
+    Envelope::new(2, 1, MessageClass::Append, p)
+}
+
+#[test]
+fn with_separate_appends_a_caller_that_takes_no_appends_still_gets_heartbeats() {
+    let c1 = config(1);
+    let mut c2 = config(2);
+    c2.separate_appends = true;
+    c2.recv_queue_len = 8;
+    let nodes = vec![start(c1), start(c2)];
+    connect_all(&nodes);
+    let (tx, rx) = (&nodes[0].t, &nodes[1].t);
+    let epoch = Instant::now();
+
+    // Far more appends than the appends channel holds; nobody takes them.
+    let n = 400u64;
+    for seq in 0..n {
+        tx.send([append(seq, 16 << 10)]);
+    }
+    wait_until("the appends channel to fill", 5, || rx.appends().is_full());
+
+    // Heartbeats and a proposal still arrive, each on its own channel,
+    // while the appends channel stays full.
+    for i in 0..50u64 {
+        tx.send([stamped(2, 1, epoch)]);
+        let m = recv_n(rx.messages(), 1, 5).remove(0);
+        assert_eq!(m.class, MessageClass::Other, "heartbeat {i}: {m:?}");
+        assert!(rx.appends().is_full(), "appends were taken meanwhile");
+    }
+    tx.send([Envelope::new(2, 1, MessageClass::Proposal, b"p".to_vec())]);
+    assert_eq!(recv_n(rx.proposals(), 1, 5)[0].payload, b"p");
+    assert!(rx.messages().is_empty());
+
+    // Then every append arrives, in order, on the appends channel only.
+    let got = recv_n(rx.appends(), n as usize, 10);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.class, MessageClass::Append);
+        assert_eq!(m.payload[..8], (i as u64).to_be_bytes(), "append {i}");
+    }
+    assert!(rx.messages().is_empty(), "an append on messages()");
+    let s = tx.stats().peer(2);
+    assert_eq!(s.append_lane.dropped(), 0, "{s:?}");
+    assert_eq!(s.message_lane.dropped(), 0, "{s:?}");
+    assert_eq!(rx.stats().peer(1).append_lane.msgs_received, n);
+}

@@ -6,7 +6,7 @@
 
 use crate::common::{Stamp, Throughput, WINDOW, Window, emit, info, now_ns, pattern, percentile};
 use crate::{Pilot, Plan, Run, Scale};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Sender, TryRecvError, select};
 use raftwire::{
     ChannelReporter, Config, Envelope, Message, MessageClass, NoopReporter, ReportEvent, Reporter,
     SnapshotStatus, Transport,
@@ -290,9 +290,11 @@ impl Counts {
     }
 }
 
-/// The caller's side of node 2: polls `messages()` (blocking receive, then
-/// whatever else is already there).
-fn spawn_consumer<M: BenchMsg>(rx: Receiver<M>, s: Arc<Shared>) -> JoinHandle<Consumed> {
+/// The caller's side of node 2: a Raft loop that takes what is on
+/// `messages()` first, then one append from `appends()` (empty unless
+/// `separate_appends` is set), and blocks on both when there is nothing.
+fn spawn_consumer<M: BenchMsg>(t: &Transport<M>, s: Arc<Shared>) -> JoinHandle<Consumed> {
+    let (rx, apps) = (t.messages().clone(), t.appends().clone());
     std::thread::Builder::new()
         .name("consumer".into())
         .spawn(move || {
@@ -306,15 +308,23 @@ fn spawn_consumer<M: BenchMsg>(rx: Receiver<M>, s: Arc<Shared>) -> JoinHandle<Co
                 },
             };
             loop {
-                match rx.recv_timeout(Duration::from_millis(10)) {
-                    Ok(m) => {
-                        c.handle(m, &s);
-                        for m in rx.try_iter() {
-                            c.handle(m, &s);
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
+                for m in rx.try_iter() {
+                    c.handle(m, &s);
+                }
+                match apps.try_recv() {
+                    Ok(m) => c.handle(m, &s),
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => select! {
+                        recv(rx) -> m => match m {
+                            Ok(m) => c.handle(m, &s),
+                            Err(_) => break,
+                        },
+                        recv(apps) -> m => match m {
+                            Ok(m) => c.handle(m, &s),
+                            Err(_) => break,
+                        },
+                        default(Duration::from_millis(10)) => {}
+                    },
                 }
                 if c.done(&s) {
                     break;
@@ -363,7 +373,7 @@ fn print_config(c: &Config, msg: &str) {
 pub fn throughput<M: BenchMsg>(imp: &str, workload: &str, plan: &Plan) -> Result<(), Error> {
     let pair = Pair::<M>::start_with(plan.payload_len, NoopReporter, imp)?;
     let s = Shared::new(None);
-    let consumer = spawn_consumer(pair.rx.messages().clone(), s.clone());
+    let consumer = spawn_consumer(&pair.rx, s.clone());
     let payload = pattern(plan.payload_len);
     let build = |n: u64| -> Vec<M> { (0..n).map(|_| M::append(payload.clone())).collect() };
     let (mut sent, mut seen) = (0u64, 0u64);
@@ -487,7 +497,7 @@ pub fn w3_idle<M: BenchMsg>(workload: &str, scale: &Scale) -> Result<(), Error> 
     let s = Shared::new(None);
     s.total.store(0, Relaxed);
     s.hb_total.store(u64::MAX, Release);
-    let consumer = spawn_consumer(pair.rx.messages().clone(), s.clone());
+    let consumer = spawn_consumer(&pair.rx, s.clone());
     warm_heartbeats(&pair, &s)?;
     let sent = heartbeats(&pair.tx, &s, scale.hb_period, scale.hb_interval);
     s.hb_total.store(HB_WARMUP + sent, Release);
@@ -520,7 +530,7 @@ pub fn w3_load<M: BenchMsg>(workload: &str, scale: &Scale) -> Result<(), Error> 
     let pair = Pair::<M>::start(len)?;
     let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let s = Shared::new(Some(recycle_tx));
-    let consumer = spawn_consumer(pair.rx.messages().clone(), s.clone());
+    let consumer = spawn_consumer(&pair.rx, s.clone());
     warm_heartbeats(&pair, &s)?;
 
     let template = pattern(len);

@@ -94,6 +94,24 @@ impl<M> Delivery<M> {
         }
     }
 
+    /// Puts the message in the channel if it has room now; gives it back
+    /// if not.
+    fn try_deliver(&mut self, m: M, size: usize) -> Result<Result<(), M>, Stopped> {
+        self.prune();
+        if self.bytes > 0 && self.bytes + size > self.max_bytes {
+            return Ok(Err(m));
+        }
+        match self.tx.try_send(m) {
+            Ok(()) => {
+                self.sizes.push_back(size);
+                self.bytes += size;
+                Ok(Ok(()))
+            }
+            Err(TrySendError::Full(m)) => Ok(Err(m)),
+            Err(TrySendError::Disconnected(_)) => Err(Stopped),
+        }
+    }
+
     /// Blocks until the message is in the channel, or the transport stops.
     fn deliver(&mut self, m: M, size: usize, stop: &Receiver<()>) -> Result<(), Stopped> {
         self.prune();
@@ -189,6 +207,11 @@ pub(crate) struct Reader<M: Message> {
     loop_handle: LoopHandle,
     messages: Delivery<M>,
     proposals: Delivery<M>,
+    /// With `separate_appends`.
+    appends: Delivery<M>,
+    /// Appends that found the appends channel full, each holding back its
+    /// connection (at most one per connection), in arrival order.
+    held: VecDeque<(ConnId, M, usize)>,
     snapshots: Delivery<IncomingSnapshot<M>>,
     /// For `SnapshotReader`s to wake this thread.
     wake_tx: Sender<ReaderMsg>,
@@ -203,6 +226,7 @@ pub(crate) struct Reader<M: Message> {
 pub(crate) struct Outputs<M> {
     pub messages: Sender<M>,
     pub proposals: Sender<M>,
+    pub appends: Sender<M>,
     pub snapshots: Sender<IncomingSnapshot<M>>,
     /// A sender into the reader's own input, for snapshot wake-ups.
     pub wake_tx: Sender<ReaderMsg>,
@@ -227,6 +251,8 @@ impl<M: Message> Reader<M> {
             loop_handle,
             messages: Delivery::new(out.messages, max_bytes),
             proposals: Delivery::new(out.proposals, max_bytes),
+            appends: Delivery::new(out.appends, max_bytes),
+            held: VecDeque::new(),
             snapshots: Delivery::new(out.snapshots, max_bytes),
             wake_tx: out.wake_tx,
             recycler: out.recycler,
@@ -240,16 +266,27 @@ impl<M: Message> Reader<M> {
     pub fn run(mut self) {
         loop {
             if self.ready.is_empty() {
+                // Held appends wait for the caller to drain: the channel
+                // cannot signal that, so look again every millisecond.
+                let wait = if self.held.is_empty() {
+                    Duration::MAX
+                } else {
+                    Duration::from_millis(1)
+                };
                 select! {
                     recv(self.input) -> m => match m {
                         Ok(m) => self.handle_input(m),
                         Err(_) => return,
                     },
                     recv(self.stop) -> _ => return,
+                    default(wait) => {}
                 }
             }
             while let Ok(m) = self.input.try_recv() {
                 self.handle_input(m);
+            }
+            if !self.held.is_empty() && self.release_held().is_err() {
+                return;
             }
             if let Some(id) = self.ready.pop_front() {
                 if self.serve(id).is_err() {
@@ -318,12 +355,35 @@ impl<M: Message> Reader<M> {
         }
     }
 
+    /// Delivers held appends while the appends channel has room, and lets
+    /// their connections go on.
+    fn release_held(&mut self) -> Result<(), Stopped> {
+        while let Some((id, m, size)) = self.held.pop_front() {
+            if let Err(m) = self.appends.try_deliver(m, size)? {
+                self.held.push_front((id, m, size));
+                break;
+            }
+            if let Some(c) = self.conns.get_mut(&id) {
+                if !c.queued {
+                    c.queued = true;
+                    self.ready.push_back(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Serves one connection for up to one fairness budget of frames.
     fn serve(&mut self, id: ConnId) -> Result<(), Stopped> {
         let Some(mut c) = self.conns.remove(&id) else {
             return Ok(());
         };
         c.queued = false;
+        if self.held.iter().any(|(h, _, _)| *h == id) {
+            // Woken when its held append is delivered.
+            self.conns.insert(id, c);
+            return Ok(());
+        }
         if c.behind.is_some_and(|old| self.conns.contains_key(&old)) {
             // Woken when the older connection finishes.
             self.conns.insert(id, c);
@@ -466,6 +526,7 @@ impl<M: Message> Reader<M> {
         }
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
+        let mut flow = Flow::Go;
         while let Some(frame) = budget.next(&mut cursor) {
             let frame = match frame {
                 Ok(f) => f,
@@ -504,10 +565,19 @@ impl<M: Message> Reader<M> {
                     lc.msgs_received.fetch_add(1, Relaxed);
                     lc.bytes_received
                         .fetch_add((size + FRAME_HEADER_LEN) as u64, Relaxed);
-                    let d = if m.class() == MessageClass::Proposal {
-                        &mut self.proposals
-                    } else {
-                        &mut self.messages
+                    let d = match m.class() {
+                        MessageClass::Proposal => &mut self.proposals,
+                        MessageClass::Append if self.inner.config.separate_appends => {
+                            // A full appends channel holds back this
+                            // connection only, not the reader.
+                            if let Err(m) = self.appends.try_deliver(m, size)? {
+                                self.held.push_back((id, m, size));
+                                flow = Flow::Park;
+                                break;
+                            }
+                            continue;
+                        }
+                        _ => &mut self.messages,
                     };
                     d.deliver(m, size, &self.stop)?;
                 }
@@ -522,7 +592,7 @@ impl<M: Message> Reader<M> {
             self.violation(id, c, peer, Some(from), v);
             *off = chunk.len();
         }
-        Ok(Flow::Go)
+        Ok(flow)
     }
 
     /// Consumes frames of a snapshot connection.
