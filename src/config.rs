@@ -74,7 +74,8 @@ pub struct Config {
     /// that has not completed its handshake is closed to admit a new one;
     /// authenticated peers are never evicted for a stranger.
     pub max_inbound_connections: usize,
-    /// Size of each read from a socket.
+    /// Size of each read from a socket (at least 1 KiB). Frames longer than
+    /// this are read whole, into a buffer of their own.
     pub read_chunk_len: usize,
     /// Frames decoded from one connection before the reader serves the next
     /// one (fairness between peers).
@@ -236,6 +237,11 @@ impl Config {
                 return bad(field, "must be at least 1");
             }
         }
+        if self.read_chunk_len < 1024 {
+            // The event loop keeps up to a frame header's bytes from one
+            // read in front of the next: a read must have room for more.
+            return bad("read_chunk_len", "must be at least 1024 bytes");
+        }
         let durations = [
             ("heartbeat_interval", self.heartbeat_interval),
             ("read_timeout", self.read_timeout),
@@ -361,6 +367,11 @@ mod tests {
         let mut c = cfg();
         c.read_timeout = c.heartbeat_interval;
         assert_eq!(c.validate().unwrap_err().field, "read_timeout");
+        let mut c = cfg();
+        c.read_chunk_len = 1023;
+        assert_eq!(c.validate().unwrap_err().field, "read_chunk_len");
+        c.read_chunk_len = 1024;
+        c.validate().unwrap();
         let mut c = cfg();
         c.backoff_cap = Duration::from_millis(1);
         assert_eq!(c.validate().unwrap_err().field, "backoff_cap");
