@@ -209,6 +209,46 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic_and_every_byte_is_accounted_for() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let len = (next() % 600) as usize;
+            // Small lengths now and then, so that frames also end in range.
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| if i % 12 < 2 { 0 } else { next() as u8 })
+                .collect();
+            let max = (next() % 300) as u32;
+            let mut s = Splitter::new((next() % 40) as usize, 1 + (next() % 100) as usize, max);
+            let mut pos = 0;
+            let mut carry = 0;
+            while pos < bytes.len() {
+                let n = 1 + (next() as usize % 64).min(bytes.len() - pos - 1);
+                let input = &bytes[pos - carry..pos + n];
+                match s.split(input) {
+                    Split::Pass(k) => {
+                        assert!(k <= input.len() && input.len() - k < FRAME_HEADER_LEN);
+                        carry = input.len() - k;
+                        pos += n;
+                    }
+                    Split::Direct { at, total } => {
+                        assert!(at <= input.len() && total > input.len() - at);
+                        assert!(total <= FRAME_HEADER_LEN + max as usize);
+                        // The caller reads the rest of the frame whole.
+                        pos = (pos + n + total - (input.len() - at)).min(bytes.len());
+                        carry = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_header_may_arrive_a_byte_at_a_time() {
         let bytes = stream(&[100_000]);
         let mut s = Splitter::new(32, 64, MAX);
