@@ -217,20 +217,11 @@ pub fn encode_frame(
     max_len: u32,
     write_payload: impl FnOnce(&mut Vec<u8>),
 ) -> Result<(), usize> {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    write_payload(out);
-    let payload_len = out.len() - start - FRAME_HEADER_LEN;
-    if payload_len > max_len as usize {
-        out.truncate(start);
-        return Err(payload_len);
-    }
-    let frame = &mut out[start..];
-    BigEndian::write_u32(&mut frame[0..4], payload_len as u32);
-    frame[4] = kind as u8;
-    let crc = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..]);
-    BigEndian::write_u32(&mut frame[8..12], crc);
-    Ok(())
+    encode_frame_owned(out, kind, max_len, 0, |b| {
+        write_payload(b);
+        None
+    })
+    .map(|_| ())
 }
 
 /// Like [`encode_frame`], for a payload whose last bytes may come as a
