@@ -140,3 +140,56 @@ fn messages_sent_right_after_add_peer_are_delivered() {
         assert_eq!(s.message_lane.dropped() + s.append_lane.dropped(), 0);
     }
 }
+
+/// Sizes around the places where the data path changes: payloads written
+/// from their own buffer from 16 KiB on, frames read whole once longer
+/// than a read (`read_chunk_len`, 64 KiB by default; 29 bytes of frame and
+/// envelope header), and a few reads' worth.
+#[test]
+fn sizes_around_every_path_boundary_arrive_exactly_through_small_socket_buffers() {
+    let nodes: Vec<Node> = [1, 2]
+        .iter()
+        .map(|&id| {
+            let mut c = config(id);
+            // Small kernel buffers: many partial writes and short reads,
+            // so that slices, kept header bytes and frames read whole
+            // meet every cut.
+            c.send_buffer_size = Some(4096);
+            c.recv_buffer_size = Some(4096);
+            start(c)
+        })
+        .collect();
+    connect_all(&nodes);
+    let read = 64 << 10;
+    let mut sizes = vec![0usize, 1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1];
+    for edge in [read - 29, read - 12, read] {
+        sizes.extend([edge - 1, edge, edge + 1]);
+    }
+    sizes.extend([3 * read + 5, 1 << 20]);
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for (i, &size) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..size).map(|j| (i * 31 + j * 7 + round) as u8).collect();
+            sent.push(Envelope::new(2, 1, MessageClass::Append, payload));
+            // A small message between the large ones, on the same lane.
+            sent.push(Envelope::new(
+                2,
+                1,
+                MessageClass::Append,
+                vec![round as u8; 3],
+            ));
+        }
+    }
+    nodes[0].t.send(sent.clone());
+    let got = recv_n(nodes[1].t.messages(), sent.len(), 10);
+    for (k, (g, w)) in got.iter().zip(&sent).enumerate() {
+        assert!(
+            g == w,
+            "message {k} ({} bytes) arrived changed",
+            w.payload.len()
+        );
+    }
+    let s = nodes[1].t.stats();
+    assert_eq!(s.protocol_errors, 0);
+    assert_eq!(nodes[0].t.stats().peer(2).append_lane.dropped(), 0);
+}

@@ -1083,8 +1083,19 @@ impl EventLoop {
                 match f {
                     Ok(f) if f.kind == FrameKind::Heartbeat && f.payload.is_empty() => {}
                     Ok(f) if f.kind == FrameKind::Delivered && snap.is_none() => {
+                        // A batch being written may already be partly
+                        // delivered: the bound is what was handed to this
+                        // connection, not what was written whole.
+                        let handed = *written
+                            + c.out
+                                .iter()
+                                .map(|o| match o {
+                                    Out::Batch(b) => b.msgs as u64,
+                                    Out::Control(_) => 0,
+                                })
+                                .sum::<u64>();
                         match f.payload.try_into().map(u64::from_be_bytes) {
-                            Ok(n) if n <= *written => *acked = (*acked).max(n),
+                            Ok(n) if n <= handed => *acked = (*acked).max(n),
                             _ => {
                                 result = Err(CloseReason::PeerMisbehaved(
                                     ProtocolViolation::UnexpectedFrame,
