@@ -139,6 +139,39 @@ fn a_streamed_snapshot_arrives_intact_and_is_reported_once() {
 }
 
 #[test]
+fn snapshots_arrive_intact_through_small_socket_buffers_and_odd_chunk_sizes() {
+    // 4 KiB kernel buffers cut every chunk frame into many short reads; the
+    // chunk sizes put frames just under, at and over a read, and well over.
+    for chunk in [64 << 10, (64 << 10) - 12, (64 << 10) - 11, 300_001] {
+        let nodes: Vec<Node> = [1, 2]
+            .iter()
+            .map(|&id| {
+                let mut c = config(id);
+                c.send_buffer_size = Some(4096);
+                c.recv_buffer_size = Some(4096);
+                c.snapshot_chunk_len = chunk;
+                start(c)
+            })
+            .collect();
+        connect_all(&nodes);
+        let size = 3 << 20;
+        send_pattern(&nodes[0], 2, size);
+        let mut inc = next_snapshot(&nodes[1]);
+        assert_eq!(
+            read_and_check(&mut inc.data).unwrap(),
+            size,
+            "chunk {chunk}"
+        );
+        assert_eq!(
+            snapshot_reports(&nodes[0].events, 2, 5),
+            vec![SnapshotStatus::Finish],
+            "chunk {chunk}"
+        );
+        assert_eq!(nodes[1].t.stats().protocol_errors, 0);
+    }
+}
+
+#[test]
 fn an_inline_snapshot_message_takes_the_snapshot_path() {
     let nodes = cluster(&[1, 2]);
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| byte_at(i as u64)).collect();
