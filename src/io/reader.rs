@@ -94,17 +94,26 @@ impl<M> Delivery<M> {
         }
     }
 
+    /// Whether a message of `size` bytes is within the byte bound now.
+    fn has_room_for(&mut self, size: usize) -> bool {
+        self.prune();
+        self.bytes == 0 || self.bytes + size <= self.max_bytes
+    }
+
+    fn sent(&mut self, size: usize) {
+        self.sizes.push_back(size);
+        self.bytes += size;
+    }
+
     /// Puts the message in the channel if it has room now; gives it back
     /// if not.
     fn try_deliver(&mut self, m: M, size: usize) -> Result<Result<(), M>, Stopped> {
-        self.prune();
-        if self.bytes > 0 && self.bytes + size > self.max_bytes {
+        if !self.has_room_for(size) {
             return Ok(Err(m));
         }
         match self.tx.try_send(m) {
             Ok(()) => {
-                self.sizes.push_back(size);
-                self.bytes += size;
+                self.sent(size);
                 Ok(Ok(()))
             }
             Err(TrySendError::Full(m)) => Ok(Err(m)),
@@ -114,14 +123,13 @@ impl<M> Delivery<M> {
 
     /// Blocks until the message is in the channel, or the transport stops.
     fn deliver(&mut self, m: M, size: usize, stop: &Receiver<()>) -> Result<(), Stopped> {
-        self.prune();
         // Over the byte bound: wait for the caller to drain. The channel
         // cannot signal a drain, so look again every millisecond; this only
         // happens while the caller is behind.
-        while self.bytes > 0 && self.bytes + size > self.max_bytes {
+        while !self.has_room_for(size) {
             select! {
                 recv(stop) -> _ => return Err(Stopped),
-                default(Duration::from_millis(1)) => self.prune(),
+                default(Duration::from_millis(1)) => {}
             }
         }
         // The common case costs one try_send; only a full channel waits.
@@ -138,8 +146,7 @@ impl<M> Delivery<M> {
                 recv(stop) -> _ => return Err(Stopped),
             },
         }
-        self.sizes.push_back(size);
-        self.bytes += size;
+        self.sent(size);
         Ok(())
     }
 }
