@@ -938,17 +938,13 @@ impl EventLoop {
                                 continue; // rejected: discard
                             }
                             self.next_timer = self.next_timer.min(now + self.config.ack_interval);
-                            let hand = |bytes: Vec<u8>| {
-                                credit.inflight.fetch_add(bytes.len(), SeqCst);
-                                let _ = self.reader_tx.send(ReaderMsg::Data { conn: id, bytes });
-                            };
-                            if filling {
-                                let Some((buf, filled)) = &mut intake.direct else {
-                                    unreachable!("filling a frame")
-                                };
+                            let hand = |bytes| hand_over(&self.reader_tx, id, credit, bytes);
+                            if let Some((buf, filled)) = intake.direct.as_mut().filter(|_| filling)
+                            {
                                 *filled += n;
                                 if *filled == buf.len() {
-                                    hand(intake.direct.take().expect("filling").0);
+                                    hand(std::mem::take(buf));
+                                    intake.direct = None;
                                 }
                                 continue;
                             }
@@ -1416,8 +1412,7 @@ impl EventLoop {
             // connection that ended inside a frame.
             let bytes = intake.take_unsent();
             if !bytes.is_empty() && c.closing.is_none() {
-                credit.inflight.fetch_add(bytes.len(), SeqCst);
-                let _ = self.reader_tx.send(ReaderMsg::Data { conn: id, bytes });
+                hand_over(&self.reader_tx, id, credit, bytes);
             }
         }
         if reason == CloseReason::HandshakeTimeout {
@@ -1711,6 +1706,13 @@ fn delivered_frame(n: u64) -> [u8; FRAME_HEADER_LEN + DELIVERED_LEN] {
     });
     out.copy_from_slice(&v);
     out
+}
+
+/// Hands bytes read from inbound connection `id` to the reader; they use
+/// read credit until the reader has decoded them.
+fn hand_over(reader_tx: &Sender<ReaderMsg>, id: ConnId, credit: &Credit, bytes: Vec<u8>) {
+    credit.inflight.fetch_add(bytes.len(), SeqCst);
+    let _ = reader_tx.send(ReaderMsg::Data { conn: id, bytes });
 }
 
 /// Counts what a dying lane connection had written but the receiver had not

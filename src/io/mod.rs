@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 pub(crate) type ConnId = usize;
 
 /// A batch of encoded frames from a writer, on its way to a socket.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Batch {
     pub buf: Vec<u8>,
     pub msgs: u32,
@@ -229,25 +229,24 @@ pub(crate) struct Pools {
 impl Pools {
     /// A read buffer of `read_chunk_len` bytes (its contents are garbage).
     pub fn read_buf(&self) -> Vec<u8> {
-        match self.reads.try_recv() {
-            // Only its tail past the last read is zeroed.
-            Ok(mut b) => {
-                b.resize(self.read_len, 0);
-                b
-            }
-            Err(_) => vec![0u8; self.read_len],
-        }
+        take_buf(&self.reads, self.read_len)
     }
 
     /// A buffer of exactly `len` bytes for a frame read whole.
     pub fn frame_buf(&self, len: usize) -> Vec<u8> {
-        match self.frames.try_recv() {
-            Ok(mut b) if b.capacity() >= len => {
-                b.resize(len, 0);
-                b
-            }
-            _ => vec![0u8; len],
+        take_buf(&self.frames, len)
+    }
+}
+
+/// A spent buffer from `pool` resized to `len` (only what it grows by is
+/// zeroed), or a new one if the pool has none big enough.
+fn take_buf(pool: &Receiver<Vec<u8>>, len: usize) -> Vec<u8> {
+    match pool.try_recv() {
+        Ok(mut b) if b.capacity() >= len => {
+            b.resize(len, 0);
+            b
         }
+        _ => vec![0u8; len],
     }
 }
 
