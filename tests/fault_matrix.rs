@@ -264,15 +264,7 @@ impl Bystanders {
         }
         for (t, other) in [(&self.a, &self.b), (&self.b, &self.a)] {
             let s = t.stats().peer(other.node_id());
-            let who = format!("{} -> {}", t.node_id(), other.node_id());
-            assert_eq!(s.reconnects, 0, "{who} reconnected: {s:?}");
-            assert_eq!(
-                s.message_lane.dropped() + s.append_lane.dropped(),
-                0,
-                "{who}: {s:?}"
-            );
-            assert_eq!(s.protocol_errors, 0, "{who}: {s:?}");
-            assert_eq!(s.last_error, None, "{who}: {s:?}");
+            assert_unbroken(&format!("{} -> {}", t.node_id(), other.node_id()), &s);
         }
         println!(
             "bystanders: {} and {} messages, all delivered in order, link never broke",

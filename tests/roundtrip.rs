@@ -15,15 +15,7 @@ const CLASSES: [MessageClass; 4] = [
 #[test]
 fn every_class_round_trips_exactly_both_ways() {
     // Five inline snapshots go out at once: allow that many in flight.
-    let nodes: Vec<Node> = [1, 2]
-        .iter()
-        .map(|&id| {
-            let mut c = config(id);
-            c.max_outgoing_snapshots = 8;
-            start(c)
-        })
-        .collect();
-    connect_all(&nodes);
+    let nodes = cluster_with(&[1, 2], |c| c.max_outgoing_snapshots = 8);
     for (a, b) in [(0, 1), (1, 0)] {
         let (from, to) = (nodes[a].t.node_id(), nodes[b].t.node_id());
         let mut sent = Vec::new();
@@ -147,19 +139,7 @@ fn messages_sent_right_after_add_peer_are_delivered() {
 /// envelope header), and a few reads' worth.
 #[test]
 fn sizes_around_every_path_boundary_arrive_exactly_through_small_socket_buffers() {
-    let nodes: Vec<Node> = [1, 2]
-        .iter()
-        .map(|&id| {
-            let mut c = config(id);
-            // Small kernel buffers: many partial writes and short reads,
-            // so that slices, kept header bytes and frames read whole
-            // meet every cut.
-            c.send_buffer_size = Some(4096);
-            c.recv_buffer_size = Some(4096);
-            start(c)
-        })
-        .collect();
-    connect_all(&nodes);
+    let nodes = cluster_with(&[1, 2], small_socket_buffers);
     let read = 64 << 10;
     let mut sizes = vec![0usize, 1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1];
     for edge in [read - 29, read - 12, read] {

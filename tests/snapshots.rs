@@ -143,17 +143,10 @@ fn snapshots_arrive_intact_through_small_socket_buffers_and_odd_chunk_sizes() {
     // 4 KiB kernel buffers cut every chunk frame into many short reads; the
     // chunk sizes put frames just under, at and over a read, and well over.
     for chunk in [64 << 10, (64 << 10) - 12, (64 << 10) - 11, 300_001] {
-        let nodes: Vec<Node> = [1, 2]
-            .iter()
-            .map(|&id| {
-                let mut c = config(id);
-                c.send_buffer_size = Some(4096);
-                c.recv_buffer_size = Some(4096);
-                c.snapshot_chunk_len = chunk;
-                start(c)
-            })
-            .collect();
-        connect_all(&nodes);
+        let nodes = cluster_with(&[1, 2], |c| {
+            small_socket_buffers(c);
+            c.snapshot_chunk_len = chunk;
+        });
         let size = 3 << 20;
         send_pattern(&nodes[0], 2, size);
         let mut inc = next_snapshot(&nodes[1]);

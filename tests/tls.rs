@@ -193,16 +193,10 @@ fn tls_carries_every_size_exactly_through_small_socket_buffers() {
     // Records cut across 4 KiB kernel buffers, frames read whole from
     // rustls's plaintext, payloads written from their own buffers.
     let ca = ca("cluster CA");
-    let nodes: Vec<Node> = (1..=2)
-        .map(|id| {
-            let mut c = config(id);
-            c.tls = Some(tls(&ca, &[&ca], Leaf::node(id)));
-            c.send_buffer_size = Some(4096);
-            c.recv_buffer_size = Some(4096);
-            start(c)
-        })
-        .collect();
-    connect_all(&nodes);
+    let nodes = cluster_with(&[1, 2], |c| {
+        c.tls = Some(tls(&ca, &[&ca], Leaf::node(c.node_id)));
+        small_socket_buffers(c);
+    });
     let sent: Vec<Envelope> = [0usize, 17, 16 << 10, (64 << 10) - 29, 64 << 10, 300_001]
         .iter()
         .cycle()

@@ -52,9 +52,42 @@ pub fn node(id: u64) -> Node {
 
 /// Nodes that all know each other, with both lanes connected everywhere.
 pub fn cluster(ids: &[u64]) -> Vec<Node> {
-    let nodes: Vec<Node> = ids.iter().map(|&id| node(id)).collect();
+    cluster_with(ids, |_| {})
+}
+
+/// `cluster`, each node's `config` first changed by `tweak`.
+pub fn cluster_with(ids: &[u64], tweak: impl Fn(&mut Config)) -> Vec<Node> {
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|&id| {
+            let mut c = config(id);
+            tweak(&mut c);
+            start(c)
+        })
+        .collect();
     connect_all(&nodes);
     nodes
+}
+
+/// 4 KiB kernel socket buffers: many partial writes and short reads, so
+/// that vectored slices, header bytes kept between reads and frames read
+/// whole meet every cut.
+pub fn small_socket_buffers(c: &mut Config) {
+    c.send_buffer_size = Some(4096);
+    c.recv_buffer_size = Some(4096);
+}
+
+/// A link's counters show it never broke: no reconnect, drop, protocol
+/// error or last error.
+pub fn assert_unbroken(who: &str, s: &raftwire::PeerStats) {
+    assert_eq!(s.reconnects, 0, "{who} reconnected: {s:?}");
+    assert_eq!(
+        s.message_lane.dropped() + s.append_lane.dropped(),
+        0,
+        "{who}: {s:?}"
+    );
+    assert_eq!(s.protocol_errors, 0, "{who}: {s:?}");
+    assert_eq!(s.last_error, None, "{who}: {s:?}");
 }
 
 pub fn connect_all(nodes: &[Node]) {
