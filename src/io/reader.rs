@@ -65,14 +65,24 @@ impl Budget {
     }
 }
 
+/// Sends between two looks at the channel's length while the byte bound is
+/// far: keeps the list of sizes short without reading the consumer's end of
+/// the channel (another core's cache line) for every message.
+const PRUNE_EVERY: usize = 64;
+
 /// A receive channel bounded in messages (by the channel) and in bytes (by
 /// tracking the sizes of what is still in it: the channel is FIFO, so its
 /// length says how many of the oldest sends have been consumed).
+///
+/// `bytes` counts what was sent and not yet seen consumed, so it may be
+/// more than the channel holds, never less: the bound is checked against
+/// it first, and only a message that would not fit looks at the channel.
 struct Delivery<M> {
     tx: Sender<M>,
     sizes: VecDeque<usize>,
     bytes: usize,
     max_bytes: usize,
+    unpruned: usize,
 }
 
 impl<M> Delivery<M> {
@@ -82,10 +92,12 @@ impl<M> Delivery<M> {
             sizes: VecDeque::new(),
             bytes: 0,
             max_bytes,
+            unpruned: 0,
         }
     }
 
     fn prune(&mut self) {
+        self.unpruned = 0;
         let held = self.tx.len();
         while self.sizes.len() > held {
             if let Some(s) = self.sizes.pop_front() {
@@ -94,15 +106,26 @@ impl<M> Delivery<M> {
         }
     }
 
+    fn fits(&self, size: usize) -> bool {
+        self.bytes == 0 || self.bytes + size <= self.max_bytes
+    }
+
     /// Whether a message of `size` bytes is within the byte bound now.
     fn has_room_for(&mut self, size: usize) -> bool {
+        if self.fits(size) {
+            return true;
+        }
         self.prune();
-        self.bytes == 0 || self.bytes + size <= self.max_bytes
+        self.fits(size)
     }
 
     fn sent(&mut self, size: usize) {
         self.sizes.push_back(size);
         self.bytes += size;
+        self.unpruned += 1;
+        if self.unpruned >= PRUNE_EVERY {
+            self.prune();
+        }
     }
 
     /// Puts the message in the channel if it has room now; gives it back
@@ -1226,6 +1249,22 @@ mod tests {
         // One message larger than the bound passes an empty channel.
         d.deliver(4u32, 5000, &stop).ok().unwrap();
         assert_eq!(rx.recv().unwrap(), 4);
+    }
+
+    #[test]
+    fn delivery_sizes_stay_few_while_the_caller_keeps_up() {
+        let (tx, rx) = crossbeam_channel::bounded(10_000);
+        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut d = Delivery::new(tx, 1 << 20);
+        for i in 0..10_000u32 {
+            d.deliver(i, 100, &stop).ok().unwrap();
+            assert_eq!(rx.try_recv(), Ok(i));
+            assert!(d.sizes.len() <= PRUNE_EVERY, "{} sizes kept", d.sizes.len());
+            assert_eq!(d.bytes, d.sizes.len() * 100);
+        }
+        // Never less than what the channel holds.
+        d.deliver(7, 100, &stop).ok().unwrap();
+        assert!(d.bytes >= 100 * rx.len());
     }
 
     #[test]
