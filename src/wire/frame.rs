@@ -13,7 +13,7 @@
 //! receiver's limit as soon as the 12-byte header is complete, before any
 //! buffer is grown for the payload.
 
-use super::crc::Combiner;
+use super::crc::{self, Combiner};
 use byteorder::{BigEndian, ByteOrder};
 use std::fmt;
 
@@ -161,8 +161,17 @@ fn parse_header(h: &[u8], max: u32) -> Result<Header, FrameError> {
     Ok(Header { len, kind, crc })
 }
 
-fn checksum(header8: &[u8], payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(header8), payload)
+/// A frame's checksum: CRC-32C of the header's first 8 bytes, then of the
+/// payload.
+fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(header_crc(header), payload)
+}
+
+/// The CRC-32C of a header's first 8 bytes.
+fn header_crc(header: &[u8]) -> u32 {
+    let mut h8 = [0u8; 8];
+    h8.copy_from_slice(&header[0..8]);
+    crc::crc8(&h8)
 }
 
 /// Checks a frame's checksum; returns the payload's own checksum when it
@@ -172,7 +181,7 @@ fn verify(frame: &[u8], h: &Header, combiner: &mut Combiner) -> Result<Option<u3
     let (actual, payload_crc) =
         if h.kind == FrameKind::SnapshotChunk && payload.len() >= PAYLOAD_CRC_MIN {
             let p = crc32c::crc32c(payload);
-            let whole = combiner.combine(crc32c::crc32c(&frame[0..8]), p, payload.len());
+            let whole = combiner.combine(header_crc(frame), p, payload.len());
             (whole, Some(p))
         } else {
             (checksum(&frame[0..8], payload), None)
@@ -197,7 +206,7 @@ pub(crate) fn seal_chunk_frame(out: &mut [u8], combiner: &mut Combiner) -> u32 {
     out[5..8].fill(0);
     let p = crc32c::crc32c(&out[FRAME_HEADER_LEN..]);
     let crc = if payload_len >= PAYLOAD_CRC_MIN {
-        combiner.combine(crc32c::crc32c(&out[0..8]), p, payload_len)
+        combiner.combine(header_crc(out), p, payload_len)
     } else {
         checksum(&out[0..8], &out[FRAME_HEADER_LEN..])
     };
