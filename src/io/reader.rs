@@ -70,6 +70,22 @@ impl Budget {
 /// the channel (another core's cache line) for every message.
 const PRUNE_EVERY: usize = 64;
 
+/// Messages of one connection accounted for (delivered, or dropped and
+/// counted) by one call of `consume`: added to the count the event loop
+/// acknowledges to the sender once per call (and before any wait), not per
+/// message, which would write a cache line the loop reads on every read.
+#[derive(Default)]
+struct Tally(u64);
+
+impl Tally {
+    fn publish(&mut self, credit: &Credit) {
+        if self.0 > 0 {
+            credit.delivered.fetch_add(self.0, Relaxed);
+            self.0 = 0;
+        }
+    }
+}
+
 /// A receive channel bounded in messages (by the channel) and in bytes (by
 /// tracking the sizes of what is still in it: the channel is FIFO, so its
 /// length says how many of the oldest sends have been consumed).
@@ -557,6 +573,10 @@ impl<M: Message> Reader<M> {
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
         let mut flow = Flow::Go;
+        let counters = peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers);
+        let lc = counters.lane(lane);
+        let mut tally = Tally::default();
+        let mut stopped = false;
         while let Some(frame) = budget.next(&mut cursor) {
             let frame = match frame {
                 Ok(f) => f,
@@ -568,10 +588,9 @@ impl<M: Message> Reader<M> {
             match handle_frame::<M>(&self.inner, from, frame) {
                 Ok(None) => {}
                 Ok(Some((m, size))) => {
-                    let counters = peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers);
                     // Accounted for here from now on, whatever happens
                     // next: the sender may stop counting it as in flight.
-                    c.credit.delivered.fetch_add(1, Relaxed);
+                    tally.0 += 1;
                     if peer.is_some_and(|p| p.paused.load(Relaxed)) {
                         counters.received_dropped_paused.fetch_add(1, Relaxed);
                         continue;
@@ -591,7 +610,7 @@ impl<M: Message> Reader<M> {
                         }
                         continue;
                     }
-                    let lc = counters.lane(lane);
+                    // Counted before the caller can see it.
                     lc.msgs_received.fetch_add(1, Relaxed);
                     lc.bytes_received
                         .fetch_add((size + FRAME_HEADER_LEN) as u64, Relaxed);
@@ -600,22 +619,46 @@ impl<M: Message> Reader<M> {
                         MessageClass::Append if self.inner.config.separate_appends => {
                             // A full appends channel holds back this
                             // connection only, not the reader.
-                            if let Err(m) = self.appends.try_deliver(m, size)? {
-                                self.held.push_back((id, m, size));
-                                flow = Flow::Park;
-                                break;
+                            match self.appends.try_deliver(m, size) {
+                                Ok(Ok(())) => {}
+                                Ok(Err(m)) => {
+                                    self.held.push_back((id, m, size));
+                                    flow = Flow::Park;
+                                    break;
+                                }
+                                Err(Stopped) => {
+                                    stopped = true;
+                                    break;
+                                }
                             }
                             continue;
                         }
                         _ => &mut self.messages,
                     };
-                    d.deliver(m, size, &self.stop)?;
+                    let delivered = match d.try_deliver(m, size) {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(m)) => {
+                            // About to wait for the caller: what was
+                            // delivered so far is acknowledged first.
+                            tally.publish(&c.credit);
+                            d.deliver(m, size, &self.stop)
+                        }
+                        Err(Stopped) => Err(Stopped),
+                    };
+                    if delivered.is_err() {
+                        stopped = true;
+                        break;
+                    }
                 }
                 Err(v) => {
                     violation = Some(v);
                     break;
                 }
             }
+        }
+        tally.publish(&c.credit);
+        if stopped {
+            return Err(Stopped);
         }
         *off = chunk.len() - cursor.remaining();
         if let Some(v) = violation {
