@@ -575,8 +575,9 @@ impl<M: Message> Reader<M> {
         let mut flow = Flow::Go;
         let counters = peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers);
         let lc = counters.lane(lane);
+        // (Lost if the transport stops meanwhile: nothing is acknowledged
+        // after that.)
         let mut tally = Tally::default();
-        let mut stopped = false;
         while let Some(frame) = budget.next(&mut cursor) {
             let frame = match frame {
                 Ok(f) => f,
@@ -619,35 +620,20 @@ impl<M: Message> Reader<M> {
                         MessageClass::Append if self.inner.config.separate_appends => {
                             // A full appends channel holds back this
                             // connection only, not the reader.
-                            match self.appends.try_deliver(m, size) {
-                                Ok(Ok(())) => {}
-                                Ok(Err(m)) => {
-                                    self.held.push_back((id, m, size));
-                                    flow = Flow::Park;
-                                    break;
-                                }
-                                Err(Stopped) => {
-                                    stopped = true;
-                                    break;
-                                }
+                            if let Err(m) = self.appends.try_deliver(m, size)? {
+                                self.held.push_back((id, m, size));
+                                flow = Flow::Park;
+                                break;
                             }
                             continue;
                         }
                         _ => &mut self.messages,
                     };
-                    let delivered = match d.try_deliver(m, size) {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(m)) => {
-                            // About to wait for the caller: what was
-                            // delivered so far is acknowledged first.
-                            tally.publish(&c.credit);
-                            d.deliver(m, size, &self.stop)
-                        }
-                        Err(Stopped) => Err(Stopped),
-                    };
-                    if delivered.is_err() {
-                        stopped = true;
-                        break;
+                    if let Err(m) = d.try_deliver(m, size)? {
+                        // About to wait for the caller: what was delivered
+                        // so far is acknowledged first.
+                        tally.publish(&c.credit);
+                        d.deliver(m, size, &self.stop)?;
                     }
                 }
                 Err(v) => {
@@ -657,9 +643,6 @@ impl<M: Message> Reader<M> {
             }
         }
         tally.publish(&c.credit);
-        if stopped {
-            return Err(Stopped);
-        }
         *off = chunk.len() - cursor.remaining();
         if let Some(v) = violation {
             self.violation(id, c, peer, Some(from), v);
