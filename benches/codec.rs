@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the frame codec (`raftwire::wire`) and of what the
+//! Micro-benchmarks of the frame codec (`raftwire::testing::wire`) and of what the
 //! writer and reader threads do per message around it.
 //!
 //! ```text
@@ -14,7 +14,7 @@
 //! checksum alone) are the floor that encoding and decoding a frame cannot
 //! beat.
 
-use raftwire::wire::{Deframer, FrameKind, encode_frame};
+use raftwire::testing::wire::{Deframer, FrameKind, encode_frame};
 use raftwire::{Envelope, Message, MessageClass};
 use std::hint::black_box;
 use std::time::Duration;

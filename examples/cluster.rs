@@ -594,7 +594,7 @@ impl Driver {
             ReportEvent::Snapshot(id, status) => {
                 println!("node {}: snapshot to node {id}: {status:?}", self.id)
             }
-            ReportEvent::Rejected(..) => {}
+            _ => {}
         }
         // Unreachable → report_unreachable; Snapshot → report_snapshot.
         if let Some(reason) = apply_report(&mut self.raw, ev) {

@@ -26,6 +26,7 @@ impl std::error::Error for ConfigError {}
 /// A call on the transport that cannot be carried out. These are the
 /// caller's mistakes (or a bind failure at start); none is ever a panic.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration is invalid.
     Config(ConfigError),
@@ -113,6 +114,7 @@ impl From<Error> for io::Error {
 /// Why [`Transport::try_send`](crate::Transport::try_send) refused a
 /// message; the message is given back.
 #[derive(PartialEq, Eq, Clone)]
+#[non_exhaustive]
 pub enum SendError<M> {
     /// The peer's lane queue is full (in messages or in bytes).
     Full(M),
@@ -187,6 +189,7 @@ impl<M> std::error::Error for SendError<M> {}
 
 /// Why a message was dropped; every drop is counted under one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum DropReason {
     /// The peer's lane queue was full.
     QueueFull,
@@ -250,6 +253,7 @@ impl DropReason {
 
 /// Why a connection was closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// The peer sent bytes that break the protocol.
     PeerMisbehaved(ProtocolViolation),
@@ -286,6 +290,7 @@ pub enum CloseReason {
 /// Why a TLS connection was refused (feature `tls`). Each is counted in
 /// [`TlsStats`](crate::stats::TlsStats) and logged (rate-limited).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TlsFailure {
     /// The peer does not speak TLS (a plaintext raftwire node, or something
     /// else): its first byte is not a TLS handshake record.
@@ -353,6 +358,7 @@ impl fmt::Display for TlsFailure {
 
 /// The ways a peer can break the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProtocolViolation {
     /// A frame was malformed.
     Frame(FrameError),

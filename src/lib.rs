@@ -138,6 +138,7 @@
 //!     ReportEvent::Unreachable(id) => { assert_eq!(id, 2); /* raw_node.report_unreachable(id) */ }
 //!     ReportEvent::Snapshot(id, status) => { /* raw_node.report_snapshot(id, status) */ }
 //!     ReportEvent::Rejected(id, reason) => eprintln!("peer {id} refused us: {reason}"),
+//!     other => eprintln!("a report this code does not know yet: {other:?}"),
 //! }
 //! assert_eq!(t.stats().peer(2).append_lane.dropped(), 1);
 //! # Ok(())
@@ -224,8 +225,9 @@
 //!
 //! # 9. The wire
 //!
-//! The protocol is in `docs/PROTOCOL.md`; the pure codec is the [`wire`]
-//! module (no sockets, no threads, no clocks).
+//! The protocol is specified byte by byte in `docs/PROTOCOL.md`. The codec
+//! is internal; tests and fuzzers that play a peer by hand reach it as
+//! `raftwire::testing::wire` (feature `testing`), with no stability promise.
 //!
 //! # 10. raft-rs
 //!
@@ -405,6 +407,7 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod error;
@@ -421,7 +424,7 @@ pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod transport;
-pub mod wire;
+mod wire;
 
 pub use config::Config;
 pub use error::{
@@ -431,7 +434,7 @@ pub use message::{DecodeError, Envelope, Message, MessageClass};
 pub use reporter::{ChannelReporter, NoopReporter, ReportEvent, Reporter, SnapshotStatus};
 pub use stats::{LaneStats, PeerStats, Stats, TlsStats};
 pub use transport::Transport;
-pub use wire::{Lane, RejectReason};
+pub use wire::{AckStatus, FrameError, Lane, RejectReason};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -6,6 +6,7 @@ use std::fmt;
 
 /// How a message travels and where it is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MessageClass {
     /// A log append (raft's `MsgAppend`): travels on the append lane.
     Append,

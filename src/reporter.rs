@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 /// The outcome of a snapshot send (raft's `SnapshotStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SnapshotStatus {
     /// The receiver has the whole snapshot.
     Finish,
@@ -43,6 +44,7 @@ pub trait Reporter: Send + Sync + 'static {
 
 /// What [`ChannelReporter`] turns the callbacks into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReportEvent {
     /// `report_unreachable(id)`: call `RawNode::report_unreachable(id)`.
     Unreachable(u64),

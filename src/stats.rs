@@ -199,6 +199,7 @@ impl TlsCounters {
 /// saw: the node that rejects a certificate counts `bad_certificate`, the
 /// node whose certificate was rejected counts `refused_by_peer`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsStats {
     /// TLS handshakes completed with a verified peer certificate that names
     /// a node id of this cluster.
@@ -240,6 +241,7 @@ impl TlsStats {
 
 /// A snapshot of one lane's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LaneStats {
     /// Messages written to the socket.
     pub msgs_sent: u64,
@@ -271,6 +273,7 @@ impl LaneStats {
 
 /// A snapshot of one peer's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerStats {
     /// The message lane (heartbeats, votes, responses, proposals).
     pub message_lane: LaneStats,
@@ -325,6 +328,7 @@ impl PeerStats {
 
 /// A snapshot of all counters, from [`Transport::stats`](crate::Transport::stats).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Per peer (and remote).
     pub peers: BTreeMap<u64, PeerStats>,

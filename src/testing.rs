@@ -76,6 +76,14 @@
 //! target is still being attempted). It is a test tool: it trusts its
 //! clients and its target.
 
+/// The wire codec (frames, handshake, snapshot frame payloads), for tests
+/// and fuzz targets that play a peer by hand: build hellos, frames and
+/// snapshot streams byte by byte, or decode what a node wrote. It is not
+/// part of the stable API (docs/PROTOCOL.md is the specification).
+pub mod wire {
+    pub use crate::wire::*;
+}
+
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use socket2::SockRef;
 use std::fmt;
@@ -103,6 +111,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A direction of the traffic through a [`FaultProxy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Direction {
     /// From the side that connected to the proxy to the target.
     ClientToServer,
@@ -124,6 +133,7 @@ impl Direction {
 
 /// Counters of a [`FaultProxy`], from [`FaultProxy::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProxyStats {
     /// TCP connections the listener accepted (refused ones included).
     pub accepted: u64,

@@ -135,6 +135,23 @@ impl<M: Message> Clone for Transport<M> {
     }
 }
 
+impl<M: Message> std::fmt::Debug for Transport<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let peers: Vec<u64> = {
+            let map = self.inner.peers.read().unwrap_or_else(|e| e.into_inner());
+            let mut ids: Vec<u64> = map.keys().copied().collect();
+            ids.sort_unstable();
+            ids
+        };
+        f.debug_struct("Transport")
+            .field("node_id", &self.inner.config.node_id)
+            .field("local_addr", &self.inner.local_addr)
+            .field("peers", &peers)
+            .field("stopped", &self.inner.stopped.load(Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Stops the transport when the last user handle goes away (threads hold
 /// `Inner`, not the guard).
 struct StopGuard<M: Message>(Arc<Inner<M>>);
@@ -1069,8 +1086,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handle_is_send_sync_clone() {
-        fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    fn handle_is_send_sync_clone_debug() {
+        fn assert_send_sync<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}
         assert_send_sync::<Transport<Envelope>>();
+        let t: Transport = Transport::start(
+            Config::new(1, "127.0.0.1:0".parse().unwrap()),
+            crate::NoopReporter,
+        )
+        .unwrap();
+        t.add_peer(3, &["127.0.0.1:9"]).unwrap();
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("node_id: 1") && shown.contains("peers: [3]"),
+            "{shown}"
+        );
+        t.stop();
+        assert!(format!("{t:?}").contains("stopped: true"));
     }
 }

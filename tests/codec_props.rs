@@ -12,9 +12,11 @@
 //! `RAFTWIRE_PROP_SEED` (decimal or `0x` hex) replaces the fixed base seed
 //! and `RAFTWIRE_PROP_CASES` the number of cases of every test (each has its
 //! own default, sized so that a test takes well under 2 s in a debug build).
+// Plays peers by hand with the wire codec (raftwire::testing::wire).
+#![cfg(feature = "testing")]
 
-use raftwire::wire::snapshot::{BEGIN_LEN, FLAG_INLINE};
-use raftwire::wire::{
+use raftwire::testing::wire::snapshot::{BEGIN_LEN, FLAG_INLINE};
+use raftwire::testing::wire::{
     AckStatus, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, HELLO_LEN, Hello,
     HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN, RejectReason, Response,
     ResponseError, SnapshotBegin, SnapshotEnd, encode_frame, heartbeat_frame,

@@ -17,8 +17,8 @@ mod common;
 use common::*;
 
 use crossbeam_channel::Receiver;
+use raftwire::testing::wire::{HELLO_LEN, Hello, Lane};
 use raftwire::testing::{Direction, FaultProxy};
-use raftwire::wire::{HELLO_LEN, Hello, Lane};
 use raftwire::{DropReason, Envelope, MessageClass, ReportEvent, Transport};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -5,12 +5,14 @@
 //! Every test asserts what arrived, what was reported and what was counted,
 //! and that a legitimate peer exchanging traffic with the victim the whole
 //! time lost nothing.
+// Plays peers by hand with the wire codec (raftwire::testing::wire).
+#![cfg(feature = "testing")]
 
 mod common;
 use common::*;
 
 use crossbeam_channel::Receiver;
-use raftwire::wire::{
+use raftwire::testing::wire::{
     FrameKind, HELLO_LEN, Hello, Lane, RESPONSE_LEN, Response, encode_frame, heartbeat_frame,
 };
 use raftwire::{Envelope, Message, MessageClass, RejectReason, ReportEvent, Transport};
@@ -777,7 +779,7 @@ impl SilentServer {
             let mut b = [0u8; HELLO_LEN];
             if s.read_exact(&mut b).is_ok() {
                 let hello = match Hello::decode(&b) {
-                    Some(Ok(raftwire::wire::HelloParse::Hello(h))) => h,
+                    Some(Ok(raftwire::testing::wire::HelloParse::Hello(h))) => h,
                     other => panic!("not a hello: {other:?}"),
                 };
                 s.write_all(&Response::Accept.encode()).unwrap();

@@ -2,11 +2,13 @@
 //! 127.0.0.1: adding, removing and readdressing peers, remotes, pausing,
 //! liveness (`active_since`), drops and how they are counted and reported,
 //! typed errors for misuse, and concurrent senders through clones.
+// Plays peers by hand with the wire codec (raftwire::testing::wire).
+#![cfg(feature = "testing")]
 
 mod common;
 use common::*;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use raftwire::wire::{HELLO_LEN, Hello, HelloParse, Lane, Response, heartbeat_frame};
+use raftwire::testing::wire::{HELLO_LEN, Hello, HelloParse, Lane, Response, heartbeat_frame};
 use raftwire::{
     DropReason, Envelope, Error, MessageClass, NoopReporter, ReportEvent, SendError, Transport,
 };

@@ -3,8 +3,10 @@
 //! what it decoded, and checks the code tables and defaults printed there.
 //! A document that disagrees with the code, a required example that is
 //! missing, or an example this test does not know how to check fails it.
+// Plays peers by hand with the wire codec (raftwire::testing::wire).
+#![cfg(feature = "testing")]
 
-use raftwire::wire::{
+use raftwire::testing::wire::{
     Deframer, FRAME_HEADER_LEN, FrameKind, HELLO_LEN, Hello, HelloParse, Lane, MAGIC,
     PROTOCOL_VERSION, RESPONSE_LEN, RejectReason, Response, encode_frame, heartbeat_frame,
 };
@@ -322,7 +324,7 @@ fn snapshot_end_example() {
     let bytes = example("snapshot-end");
     let (kind, payload) = one_frame(&bytes, 1 << 20);
     assert_eq!(kind, FrameKind::SnapshotEnd);
-    let end = raftwire::wire::SnapshotEnd::decode(&payload).unwrap();
+    let end = raftwire::testing::wire::SnapshotEnd::decode(&payload).unwrap();
     assert_eq!(end.size, 5);
     assert_eq!(end.crc, crc32c::crc32c(b"hello"));
     let mut again = Vec::new();
@@ -339,8 +341,8 @@ fn snapshot_ack_ok_example() {
     // A snapshot dialer decodes the acceptor's frames with a limit of 1.
     let (kind, payload) = one_frame(&bytes, 1);
     assert_eq!(kind, FrameKind::SnapshotAck);
-    let status = raftwire::wire::AckStatus::decode(&payload);
-    assert_eq!(status, Ok(raftwire::wire::AckStatus::Ok));
+    let status = raftwire::testing::wire::AckStatus::decode(&payload);
+    assert_eq!(status, Ok(raftwire::testing::wire::AckStatus::Ok));
     let mut again = Vec::new();
     encode_frame(&mut again, FrameKind::SnapshotAck, 1, |b| {
         b.extend_from_slice(&status.unwrap().encode())
@@ -351,7 +353,9 @@ fn snapshot_ack_ok_example() {
 
 #[test]
 fn snapshot_ack_table_matches_code() {
-    let code = code_names(|b| raftwire::wire::AckStatus::from_u8(b).map(|s| s.name().to_string()));
+    let code = code_names(|b| {
+        raftwire::testing::wire::AckStatus::from_u8(b).map(|s| s.name().to_string())
+    });
     assert_eq!(code_table("Snapshot ack statuses"), code);
 }
 

@@ -1,5 +1,7 @@
 //! Snapshots over real sockets: streamed, verified, constant memory, and
 //! every send ends in exactly one report.
+// Plays peers by hand with the wire codec (raftwire::testing::wire).
+#![cfg(feature = "testing")]
 
 mod common;
 use common::*;
@@ -416,7 +418,7 @@ fn wait_settled(nodes: &[Node]) {
 /// A hand-made snapshot sender: connects to `to` as node `from` on the
 /// snapshot lane and returns the stream after the accept.
 fn raw_snapshot_conn(to: &Node, from: u64) -> TcpStream {
-    use raftwire::wire::{Hello, Lane, RESPONSE_LEN, Response};
+    use raftwire::testing::wire::{Hello, Lane, RESPONSE_LEN, Response};
     let mut s = TcpStream::connect(to.t.local_addr()).unwrap();
     s.write_all(&Hello::new(Lane::Snapshot, 7, from, to.t.node_id()).encode())
         .unwrap();
@@ -426,27 +428,29 @@ fn raw_snapshot_conn(to: &Node, from: u64) -> TcpStream {
     s
 }
 
-fn frame(kind: raftwire::wire::FrameKind, payload: &[u8]) -> Vec<u8> {
+fn frame(kind: raftwire::testing::wire::FrameKind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    raftwire::wire::encode_frame(&mut out, kind, u32::MAX, |b| b.extend_from_slice(payload))
-        .unwrap();
+    raftwire::testing::wire::encode_frame(&mut out, kind, u32::MAX, |b| {
+        b.extend_from_slice(payload)
+    })
+    .unwrap();
     out
 }
 
 fn begin(size: u64, msg: &Envelope) -> Vec<u8> {
     use raftwire::Message;
     let mut p = Vec::new();
-    raftwire::wire::SnapshotBegin {
+    raftwire::testing::wire::SnapshotBegin {
         size,
         inline: false,
     }
     .encode(&mut p, |b| msg.encode(b));
-    frame(raftwire::wire::FrameKind::SnapshotBegin, &p)
+    frame(raftwire::testing::wire::FrameKind::SnapshotBegin, &p)
 }
 
 /// Reads frames until a snapshot ack arrives; returns its status.
-fn read_ack(s: &mut TcpStream) -> raftwire::wire::AckStatus {
-    use raftwire::wire::{AckStatus, Deframer, FrameKind};
+fn read_ack(s: &mut TcpStream) -> raftwire::testing::wire::AckStatus {
+    use raftwire::testing::wire::{AckStatus, Deframer, FrameKind};
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut d = Deframer::new(1);
     let mut buf = [0u8; 256];
@@ -465,7 +469,7 @@ fn read_ack(s: &mut TcpStream) -> raftwire::wire::AckStatus {
 
 #[test]
 fn the_receiver_verifies_the_whole_snapshot_checksum_and_size() {
-    use raftwire::wire::{AckStatus, FrameKind, SnapshotEnd};
+    use raftwire::testing::wire::{AckStatus, FrameKind, SnapshotEnd};
     let n2 = node(2);
     for (declared_end, want) in [
         (
@@ -515,7 +519,7 @@ fn the_receiver_verifies_the_whole_snapshot_checksum_and_size() {
 
 #[test]
 fn the_receiver_times_out_a_sender_that_stalls() {
-    use raftwire::wire::{AckStatus, FrameKind};
+    use raftwire::testing::wire::{AckStatus, FrameKind};
     let mut c2 = config(2);
     c2.snapshot_progress_timeout = Duration::from_millis(300);
     let n2 = start(c2);

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use raftwire::wire::{Deframer, FRAME_HEADER_LEN, FrameError, FrameKind};
+use raftwire::testing::wire::{Deframer, FRAME_HEADER_LEN, FrameError, FrameKind};
 
 /// Reads control bytes from the front of the input; missing bytes read as 0.
 pub struct Control<'a> {

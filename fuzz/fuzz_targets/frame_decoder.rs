@@ -1,4 +1,4 @@
-//! Fuzzes `raftwire::wire::Deframer` (the frame decoder every connection
+//! Fuzzes `raftwire::testing::wire::Deframer` (the frame decoder every connection
 //! runs on bytes from the network).
 //!
 //! Input layout:
@@ -23,7 +23,7 @@ mod common;
 
 use common::{ChunkPlan, Control, deframe_checked, fix_checksums, reference_decode};
 use libfuzzer_sys::fuzz_target;
-use raftwire::wire::{Deframer, FRAME_HEADER_LEN, FrameError, encode_frame};
+use raftwire::testing::wire::{Deframer, FRAME_HEADER_LEN, FrameError, encode_frame};
 
 fuzz_target!(|data: &[u8]| {
     let mut c = Control::new(data);

@@ -17,7 +17,7 @@ mod common;
 
 use common::Control;
 use libfuzzer_sys::fuzz_target;
-use raftwire::wire::{
+use raftwire::testing::wire::{
     HELLO_LEN, Hello, HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN,
     RejectReason, Response, ResponseError,
 };

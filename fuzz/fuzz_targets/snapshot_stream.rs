@@ -28,8 +28,8 @@ mod common;
 
 use common::{ChunkPlan, Control};
 use libfuzzer_sys::fuzz_target;
-use raftwire::wire::snapshot::{BEGIN_LEN, END_LEN, FLAG_INLINE};
-use raftwire::wire::{
+use raftwire::testing::wire::snapshot::{BEGIN_LEN, END_LEN, FLAG_INLINE};
+use raftwire::testing::wire::{
     AckStatus, Deframer, FrameKind, SnapshotBegin, SnapshotEnd, encode_frame, heartbeat_frame,
 };
 use raftwire::{Envelope, Message, MessageClass};

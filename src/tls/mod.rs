@@ -107,6 +107,7 @@ pub type IdentityFn = dyn Fn(&PeerCertificate<'_>) -> Option<u64> + Send + Sync;
 
 /// How a peer's certificate names its node id.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub enum PeerIdentity {
     /// A subject alternative name URI `raftwire://<cluster-id>/<node-id>`
     /// (see [`node_uri`]) whose cluster id is ours. A certificate with

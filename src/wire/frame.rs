@@ -23,6 +23,7 @@ pub const FRAME_HEADER_LEN: usize = 12;
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum FrameKind {
     /// One encoded message (the message type's own encoding).
     Message = 1,
@@ -90,6 +91,7 @@ pub const PAYLOAD_CRC_MIN: usize = 4096;
 /// Why a byte stream is not a valid sequence of frames. Every variant means
 /// the peer misbehaved (or the bytes were damaged): the connection is closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The length field exceeds the receiver's limit.
     Oversize {
@@ -286,7 +288,8 @@ pub fn heartbeat_frame() -> [u8; FRAME_HEADER_LEN] {
 /// has passed the limit check.
 ///
 /// ```
-/// use raftwire::wire::{Deframer, FrameKind, encode_frame};
+/// # #[cfg(feature = "testing")] {
+/// use raftwire::testing::wire::{Deframer, FrameKind, encode_frame};
 ///
 /// let mut bytes = Vec::new();
 /// encode_frame(&mut bytes, FrameKind::Message, 1024, |b| b.extend_from_slice(b"hello")).unwrap();
@@ -299,6 +302,7 @@ pub fn heartbeat_frame() -> [u8; FRAME_HEADER_LEN] {
 ///     }
 /// }
 /// assert_eq!(frames, vec![b"hello".to_vec()]);
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct Deframer {

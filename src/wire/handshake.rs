@@ -33,6 +33,7 @@ pub const RESPONSE_LEN: usize = 8;
 /// so that nothing on one lane waits behind another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Lane {
     /// Heartbeats, votes, responses and proposals: small and urgent.
     Message = 0,
@@ -82,6 +83,7 @@ impl fmt::Display for Lane {
 /// Why an acceptor refused a connection. Sent on the wire as one byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum RejectReason {
     /// The hello's version is not one the acceptor speaks.
     UnsupportedVersion = 1,

@@ -4,6 +4,11 @@
 //!
 //! A connection carries a [`handshake`] (hello from the dialer, response from
 //! the acceptor) and then a stream of [`frame`]s in both directions.
+//!
+//! The module is private: tests and fuzz targets reach it as
+//! `raftwire::testing::wire` (feature `testing`), and some of its items
+//! (names, constants, inspection helpers) exist only for them.
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
 
 pub(crate) mod crc;
 pub mod frame;

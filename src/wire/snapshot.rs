@@ -109,6 +109,7 @@ impl SnapshotEnd {
 /// The receiver's verdict on a snapshot stream (the `SnapshotAck` payload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum AckStatus {
     /// Every byte was received, verified and consumed by the application.
     Ok = 0,

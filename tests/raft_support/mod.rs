@@ -667,7 +667,7 @@ impl Driver {
         match ev {
             ReportEvent::Unreachable(id) => *self.stats.unreachable.entry(id).or_default() += 1,
             ReportEvent::Snapshot(..) => self.stats.snapshot_reports += 1,
-            ReportEvent::Rejected(..) => {}
+            _ => {}
         }
         apply_report(&mut self.raw, ev);
     }
