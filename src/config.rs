@@ -328,15 +328,6 @@ impl Config {
         self.has_tls() || self.insecure_plaintext || addr.ip().is_loopback()
     }
 
-    /// The byte bound of a lane's send queue (snapshots have no queue).
-    pub(crate) fn queue_bytes(&self, lane: crate::wire::Lane) -> usize {
-        match lane {
-            crate::wire::Lane::Message => self.message_queue_bytes,
-            crate::wire::Lane::Append => self.append_queue_bytes,
-            crate::wire::Lane::Snapshot => 0,
-        }
-    }
-
     /// How long a snapshot of `size` bytes may take in all.
     pub(crate) fn snapshot_deadline(&self, size: u64) -> Duration {
         self.snapshot_progress_timeout + Duration::from_secs(size / self.snapshot_min_rate)

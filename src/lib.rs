@@ -410,10 +410,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod conn;
 pub mod error;
 mod io;
+mod lanes;
 pub mod message;
-mod peer;
 #[cfg(feature = "raft-rs")]
 pub mod raft_rs;
 pub mod reporter;

@@ -75,7 +75,7 @@ impl PeerCounters {
         self.lane(lane).drops[reason.index()].fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(&self, since: [Option<Instant>; 2]) -> PeerStats {
+    pub fn snapshot(&self, since: crate::lanes::PerLane<Option<Instant>>) -> PeerStats {
         let lane = |l: &LaneCounters, connected_since: Option<Instant>| LaneStats {
             connected_since,
             msgs_sent: l.msgs_sent.load(Relaxed),
@@ -90,8 +90,8 @@ impl PeerCounters {
                 .collect(),
         };
         PeerStats {
-            message_lane: lane(&self.lanes[0], since[0]),
-            append_lane: lane(&self.lanes[1], since[1]),
+            message_lane: lane(&self.lanes[0], since.message),
+            append_lane: lane(&self.lanes[1], since.append),
             snapshot_lane: lane(&self.lanes[2], None),
             snapshots_sent: self.snapshots_sent.load(Relaxed),
             snapshots_send_failed: self.snapshots_send_failed.load(Relaxed),
@@ -108,7 +108,7 @@ impl PeerCounters {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            active_since: since[0],
+            active_since: since.message,
         }
     }
 }

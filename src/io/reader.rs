@@ -1,5 +1,6 @@
-//! The reader thread: answers handshakes, decodes frames and delivers
-//! messages into the receive channels.
+//! The reader thread: for every inbound connection, the verdict on its
+//! hello (with the user's `is_id_removed`), then its frames decoded by the
+//! rules of `conn::receive` and delivered into the receive channels.
 //!
 //! Receive-side overload is handled by backpressure, never by dropping: when
 //! the caller does not drain a receive channel, delivery blocks, the reader
@@ -10,28 +11,31 @@
 //! `reader_fairness_budget` frames at a time, so a flood from one peer
 //! delays another peer's messages by at most a few budgets of deliveries.
 
+use super::account::{Accounts, Incident};
+use super::channels::{LoopCmd, LoopHandle, ReaderMsg, Recycler};
+use super::delivery::{Delivery, Stopped};
+use super::peers::PeerShared;
+use super::shared::Shared;
+use super::snapshot_recv::{Flow, Port, StreamOut};
+use crate::conn::ConnId;
+use crate::conn::accept::{Acceptor, HelloBuf, Verdict};
+use crate::conn::inbound::Credit;
+use crate::conn::receive::{SnapLimits, SnapRecv, SnapStep, check_addresses, lane_frame};
+use crate::conn::snapshot::SnapshotFailure;
 use crate::error::{CloseReason, ProtocolViolation};
-use crate::io::{ConnId, Credit, LoopCmd, LoopHandle, ReaderMsg, Recycler};
 use crate::message::{Message, MessageClass};
 use crate::reporter::Reporter;
-use crate::snapshot::{IncomingSnapshot, Parking, ReaderParts, SnapItem, SnapshotReader};
-use crate::stats::{PeerCounters, rate_limit};
-use crate::transport::{Inner, PeerHandle};
-use crate::wire::{AckStatus, SnapshotBegin, SnapshotEnd};
+use crate::snapshot::{IncomingSnapshot, Parking, SnapItem, SnapshotReader};
 use crate::wire::{
-    Cursor, Deframer, FRAME_HEADER_LEN, Frame, FrameKind, HELLO_LEN, Hello, HelloParse, Lane,
-    RejectReason, Response,
+    AckStatus, Cursor, Deframer, FRAME_HEADER_LEN, Frame, HelloError, HelloParse, Lane,
 };
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
-use log::{debug, info, warn};
+use crossbeam_channel::{Receiver, Sender, select};
+use log::debug;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::time::Duration;
-
-/// The transport is stopping; the reader ends.
-struct Stopped;
 
 /// How much one connection may be served before the next one's turn: a
 /// number of frames and a number of bytes, whichever runs out first.
@@ -65,11 +69,6 @@ impl Budget {
     }
 }
 
-/// Sends between two looks at the channel's length while the byte bound is
-/// far: keeps the list of sizes short without reading the consumer's end of
-/// the channel (another core's cache line) for every message.
-const PRUNE_EVERY: usize = 64;
-
 /// Messages of one connection accounted for (delivered, or dropped and
 /// counted) by one call of `consume`: added to the count the event loop
 /// acknowledges to the sender once per call (and before any wait), not per
@@ -80,152 +79,38 @@ struct Tally(u64);
 impl Tally {
     fn publish(&mut self, credit: &Credit) {
         if self.0 > 0 {
-            credit.delivered.fetch_add(self.0, Relaxed);
+            credit.add_delivered(self.0);
             self.0 = 0;
         }
     }
 }
 
-/// A receive channel bounded in messages (by the channel) and in bytes (by
-/// tracking the sizes of what is still in it: the channel is FIFO, so its
-/// length says how many of the oldest sends have been consumed).
-///
-/// `bytes` counts what was sent and not yet seen consumed, so it may be
-/// more than the channel holds, never less: the bound is checked against
-/// it first, and only a message that would not fit looks at the channel.
-struct Delivery<M> {
-    tx: Sender<M>,
-    sizes: VecDeque<usize>,
-    bytes: usize,
-    max_bytes: usize,
-    unpruned: usize,
-}
-
-impl<M> Delivery<M> {
-    fn new(tx: Sender<M>, max_bytes: usize) -> Self {
-        Delivery {
-            tx,
-            sizes: VecDeque::new(),
-            bytes: 0,
-            max_bytes,
-            unpruned: 0,
-        }
-    }
-
-    fn prune(&mut self) {
-        self.unpruned = 0;
-        let held = self.tx.len();
-        while self.sizes.len() > held {
-            if let Some(s) = self.sizes.pop_front() {
-                self.bytes -= s;
-            }
-        }
-    }
-
-    fn fits(&self, size: usize) -> bool {
-        self.bytes == 0 || self.bytes + size <= self.max_bytes
-    }
-
-    /// Whether a message of `size` bytes is within the byte bound now.
-    fn has_room_for(&mut self, size: usize) -> bool {
-        if self.fits(size) {
-            return true;
-        }
-        self.prune();
-        self.fits(size)
-    }
-
-    fn sent(&mut self, size: usize) {
-        self.sizes.push_back(size);
-        self.bytes += size;
-        self.unpruned += 1;
-        if self.unpruned >= PRUNE_EVERY {
-            self.prune();
-        }
-    }
-
-    /// Puts the message in the channel if it has room now; gives it back
-    /// if not.
-    fn try_deliver(&mut self, m: M, size: usize) -> Result<Result<(), M>, Stopped> {
-        if !self.has_room_for(size) {
-            return Ok(Err(m));
-        }
-        match self.tx.try_send(m) {
-            Ok(()) => {
-                self.sent(size);
-                Ok(Ok(()))
-            }
-            Err(TrySendError::Full(m)) => Ok(Err(m)),
-            Err(TrySendError::Disconnected(_)) => Err(Stopped),
-        }
-    }
-
-    /// Blocks until the message is in the channel, or the transport stops.
-    fn deliver(&mut self, m: M, size: usize, stop: &Receiver<()>) -> Result<(), Stopped> {
-        // Over the byte bound: wait for the caller to drain. The channel
-        // cannot signal a drain, so look again every millisecond; this only
-        // happens while the caller is behind.
-        while !self.has_room_for(size) {
-            select! {
-                recv(stop) -> _ => return Err(Stopped),
-                default(Duration::from_millis(1)) => {}
-            }
-        }
-        // The common case costs one try_send; only a full channel waits.
-        match self.tx.try_send(m) {
-            Ok(()) => {}
-            // Every receiver is gone: only possible while stopping.
-            Err(TrySendError::Disconnected(_)) => return Err(Stopped),
-            Err(TrySendError::Full(m)) => select! {
-                send(self.tx, m) -> r => {
-                    if r.is_err() {
-                        return Err(Stopped);
-                    }
-                }
-                recv(stop) -> _ => return Err(Stopped),
-            },
-        }
-        self.sent(size);
-        Ok(())
-    }
-}
-
 enum State {
     /// Waiting for the hello.
-    Hello(Vec<u8>),
+    Hello(HelloBuf),
     /// Accepted: frames from `from` on `lane`.
     Open { from: u64, lane: Lane },
     /// Rejected or failed: further bytes are discarded.
     Done,
 }
 
-/// Where an inbound snapshot stream stands.
-enum SnapIn {
-    /// Accepted, waiting for the `SnapshotBegin` frame.
-    AwaitBegin,
-    /// Chunks go to the application's `SnapshotReader`; `pending` holds one
-    /// that did not fit (the stream is parked until the reader takes one).
-    Stream {
-        tx: Sender<SnapItem>,
-        parking: Arc<Parking>,
-        pending: Option<SnapItem>,
-    },
-    /// An inline snapshot being assembled.
-    Inline { buf: Vec<u8>, size: u64, crc: u32 },
-    /// The end was passed on, or the snapshot was refused or abandoned:
-    /// only heartbeats may follow; data is discarded.
-    Finished,
+/// A snapshot connection: the receive machine, and the stream to the
+/// application once it has begun.
+#[derive(Default)]
+struct SnapIn {
+    recv: SnapRecv,
+    out: Option<StreamOut>,
 }
 
-/// Whether a connection can go on being served.
-#[derive(PartialEq, Eq)]
-enum Flow {
-    Go,
-    /// A snapshot stream waits for its application to read.
-    Park,
+impl SnapIn {
+    /// Offers a parked item to the application again.
+    fn push_pending(&mut self) -> Flow {
+        self.out.as_mut().map_or(Flow::Go, |o| o.push_pending())
+    }
 }
 
-struct InConn {
+/// One inbound connection, reader side.
+struct Incoming {
     peer_addr: Option<SocketAddr>,
     credit: Arc<Credit>,
     state: State,
@@ -247,7 +132,9 @@ struct InConn {
 }
 
 pub(crate) struct Reader<M: Message> {
-    inner: Arc<Inner<M>>,
+    shared: Arc<Shared<M>>,
+    accounts: Arc<Accounts>,
+    acceptor: Acceptor,
     reporter: Arc<dyn Reporter>,
     input: Receiver<ReaderMsg>,
     loop_handle: LoopHandle,
@@ -264,7 +151,7 @@ pub(crate) struct Reader<M: Message> {
     recycler: Recycler,
     incoming_snapshots: Arc<AtomicUsize>,
     stop: Receiver<()>,
-    conns: HashMap<ConnId, InConn>,
+    conns: HashMap<ConnId, Incoming>,
     ready: VecDeque<ConnId>,
 }
 
@@ -282,16 +169,22 @@ pub(crate) struct Outputs<M> {
 
 impl<M: Message> Reader<M> {
     pub fn new(
-        inner: Arc<Inner<M>>,
+        shared: Arc<Shared<M>>,
         reporter: Arc<dyn Reporter>,
         input: Receiver<ReaderMsg>,
         loop_handle: LoopHandle,
         out: Outputs<M>,
         stop: Receiver<()>,
     ) -> Self {
-        let max_bytes = inner.config.recv_queue_bytes;
+        let cfg = &shared.config;
+        let max_bytes = cfg.recv_queue_bytes;
         Reader {
-            inner,
+            accounts: shared.accounts.clone(),
+            acceptor: Acceptor {
+                cluster_id: cfg.cluster_id,
+                node_id: cfg.node_id,
+                tls: cfg.has_tls(),
+            },
             reporter,
             input,
             loop_handle,
@@ -306,6 +199,7 @@ impl<M: Message> Reader<M> {
             stop,
             conns: HashMap::new(),
             ready: VecDeque::new(),
+            shared,
         }
     }
 
@@ -342,6 +236,16 @@ impl<M: Message> Reader<M> {
         }
     }
 
+    /// Puts a connection in line to be served (once).
+    fn wake(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            if !c.queued {
+                c.queued = true;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
     fn handle_input(&mut self, m: ReaderMsg) {
         match m {
             ReaderMsg::Opened {
@@ -349,22 +253,20 @@ impl<M: Message> Reader<M> {
                 peer_addr,
                 credit,
             } => {
-                self.conns.insert(
-                    conn,
-                    InConn {
-                        peer_addr,
-                        credit,
-                        state: State::Hello(Vec::with_capacity(HELLO_LEN)),
-                        deframer: Deframer::new(self.inner.config.max_frame_len),
-                        chunks: VecDeque::new(),
-                        offset: 0,
-                        closed: None,
-                        queued: false,
-                        snap: None,
-                        behind: None,
-                        tls_node: None,
-                    },
-                );
+                let c = Incoming {
+                    peer_addr,
+                    credit,
+                    state: State::Hello(HelloBuf::default()),
+                    deframer: Deframer::new(self.shared.config.max_frame_len),
+                    chunks: VecDeque::new(),
+                    offset: 0,
+                    closed: None,
+                    queued: false,
+                    snap: None,
+                    behind: None,
+                    tls_node: None,
+                };
+                self.conns.insert(conn, c);
             }
             #[cfg(feature = "tls")]
             ReaderMsg::Identity { conn, node } => {
@@ -375,29 +277,16 @@ impl<M: Message> Reader<M> {
             ReaderMsg::Data { conn, bytes } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.chunks.push_back(bytes);
-                    if !c.queued {
-                        c.queued = true;
-                        self.ready.push_back(conn);
-                    }
+                    self.wake(conn);
                 }
             }
             ReaderMsg::Closed { conn, reason } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.closed = Some(reason);
-                    if !c.queued {
-                        c.queued = true;
-                        self.ready.push_back(conn);
-                    }
+                    self.wake(conn);
                 }
             }
-            ReaderMsg::Wake { conn } => {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    if !c.queued {
-                        c.queued = true;
-                        self.ready.push_back(conn);
-                    }
-                }
-            }
+            ReaderMsg::Wake { conn } => self.wake(conn),
         }
     }
 
@@ -409,14 +298,32 @@ impl<M: Message> Reader<M> {
                 self.held.push_front((id, m, size));
                 break;
             }
-            if let Some(c) = self.conns.get_mut(&id) {
-                if !c.queued {
-                    c.queued = true;
-                    self.ready.push_back(id);
-                }
-            }
+            self.wake(id);
         }
         Ok(())
+    }
+
+    /// Whether connection `c` (`id`) must wait before it is served.
+    fn waits(&self, id: ConnId, c: &mut Incoming) -> bool {
+        if self.held.iter().any(|(h, _, _)| *h == id) {
+            return true; // woken when its held append is delivered
+        }
+        if c.behind.is_some_and(|old| self.conns.contains_key(&old)) {
+            return true; // woken when the older connection finishes
+        }
+        c.behind = None;
+        if c.closed.is_some() {
+            // A stream cut short is a failed snapshot: nothing waits for
+            // its parked chunk any more.
+            if let Some(out) = c.snap.as_mut().and_then(|s| s.out.as_mut()) {
+                out.abandon();
+            }
+            return false;
+        }
+        // Woken by the SnapshotReader when it takes a chunk.
+        c.snap
+            .as_mut()
+            .is_some_and(|s| s.push_pending() == Flow::Park)
     }
 
     /// Serves one connection for up to one fairness budget of frames.
@@ -425,33 +332,18 @@ impl<M: Message> Reader<M> {
             return Ok(());
         };
         c.queued = false;
-        if self.held.iter().any(|(h, _, _)| *h == id) {
-            // Woken when its held append is delivered.
+        if self.waits(id, &mut c) {
             self.conns.insert(id, c);
             return Ok(());
         }
-        if c.behind.is_some_and(|old| self.conns.contains_key(&old)) {
-            // Woken when the older connection finishes.
-            self.conns.insert(id, c);
-            return Ok(());
-        }
-        c.behind = None;
-        if c.closed.is_some() {
-            // A stream cut short is a failed snapshot: nothing waits for
-            // its parked chunk any more.
-            if let Some(SnapIn::Stream { pending, .. }) = &mut c.snap {
-                *pending = None;
-            }
-        } else if push_pending(&mut c.snap) == Flow::Park {
-            self.conns.insert(id, c);
-            return Ok(());
-        }
+        let cfg = &self.shared.config;
         let mut budget = Budget {
-            frames: self.inner.config.reader_fairness_budget,
-            bytes: self.inner.config.read_chunk_len,
+            frames: cfg.reader_fairness_budget,
+            bytes: cfg.read_chunk_len,
         };
+        let cap = cfg.conn_read_cap;
         let peer = match c.state {
-            State::Open { from, .. } => self.peer(from),
+            State::Open { from, .. } => self.shared.peers.shared(from),
             _ => None,
         };
         while budget.left() {
@@ -469,85 +361,63 @@ impl<M: Message> Reader<M> {
                 &mut budget,
                 peer.as_deref(),
             );
-            let parked = matches!(result, Ok(Flow::Park));
             if off < len && matches!(c.state, State::Open { .. }) {
                 c.offset = off;
                 c.chunks.push_front(chunk);
             } else {
                 c.offset = 0;
-                release(
-                    &c.credit,
-                    len,
-                    self.inner.config.conn_read_cap,
-                    id,
-                    &self.loop_handle,
-                );
+                if c.credit.release(len, cap) {
+                    self.loop_handle.send(LoopCmd::ResumeRead { conn: id });
+                }
                 // Reused by the loop for its next reads: no allocation and
                 // no zeroing (the pools are small; the rest is freed).
                 self.recycler.recycle(chunk);
             }
-            result?;
-            if parked {
-                // Woken by the SnapshotReader when it takes a chunk.
+            if result? == Flow::Park {
                 self.conns.insert(id, c);
                 return Ok(());
             }
         }
-        if c.chunks.is_empty() {
-            if let Some(reason) = c.closed.take() {
-                self.finish(id, &c, reason);
-                // Let a newer connection of the same sender and lane go on.
-                for (&next, n) in self.conns.iter_mut() {
-                    if n.behind == Some(id) {
-                        n.behind = None;
-                        if !n.queued {
-                            n.queued = true;
-                            self.ready.push_back(next);
-                        }
-                    }
-                }
-                return Ok(());
-            }
-        } else {
+        if !c.chunks.is_empty() {
             c.queued = true;
             self.ready.push_back(id);
+        } else if let Some(reason) = c.closed.take() {
+            self.finish(&c, reason);
+            // Let a newer connection of the same sender and lane go on.
+            let behind: Vec<ConnId> = self
+                .conns
+                .iter_mut()
+                .filter(|(_, n)| n.behind == Some(id))
+                .map(|(next, n)| {
+                    n.behind = None;
+                    *next
+                })
+                .collect();
+            for next in behind {
+                self.wake(next);
+            }
+            return Ok(());
         }
         self.conns.insert(id, c);
         Ok(())
-    }
-
-    fn peer(&self, id: u64) -> Option<Arc<PeerHandle<M>>> {
-        self.inner
-            .peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-    }
-
-    fn counters<'a>(&'a self, peer: Option<&'a PeerHandle<M>>) -> &'a PeerCounters {
-        peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers)
     }
 
     /// Consumes bytes of one chunk from `*off`: the hello, then frames.
     fn consume(
         &mut self,
         id: ConnId,
-        c: &mut InConn,
+        c: &mut Incoming,
         chunk: &mut Vec<u8>,
         off: &mut usize,
         budget: &mut Budget,
-        peer: Option<&PeerHandle<M>>,
+        peer: Option<&PeerShared>,
     ) -> Result<Flow, Stopped> {
-        if let State::Hello(buf) = &mut c.state {
-            let take = (HELLO_LEN - buf.len()).min(chunk.len() - *off);
-            buf.extend_from_slice(&chunk[*off..*off + take]);
-            *off += take;
-            match Hello::decode(buf) {
+        if let State::Hello(h) = &mut c.state {
+            let (took, parsed) = h.handle_bytes(&chunk[*off..]);
+            *off += took;
+            match parsed {
                 None => return Ok(Flow::Go),
-                Some(parsed) => {
-                    self.handshake(id, c, parsed);
-                }
+                Some(parsed) => self.handshake(id, c, parsed),
             }
         }
         let State::Open { from, lane } = c.state else {
@@ -563,7 +433,7 @@ impl<M: Message> Reader<M> {
         let peer = match peer {
             Some(p) => Some(p),
             None => {
-                looked_up = self.peer(from);
+                looked_up = self.shared.peers.shared(from);
                 looked_up.as_deref()
             }
         };
@@ -573,67 +443,20 @@ impl<M: Message> Reader<M> {
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
         let mut flow = Flow::Go;
-        let counters = peer.map(|p| p.counters()).unwrap_or(&self.inner.non_peers);
-        let lc = counters.lane(lane);
         // (Lost if the transport stops meanwhile: nothing is acknowledged
         // after that.)
         let mut tally = Tally::default();
+        let node_id = self.shared.config.node_id;
         while let Some(frame) = budget.next(&mut cursor) {
-            let frame = match frame {
-                Ok(f) => f,
-                Err(v) => {
-                    violation = Some(v);
-                    break;
-                }
-            };
-            match handle_frame::<M>(&self.inner, from, frame) {
+            match frame.and_then(|f| lane_frame::<M>(node_id, from, &f)) {
                 Ok(None) => {}
                 Ok(Some((m, size))) => {
                     // Accounted for here from now on, whatever happens
                     // next: the sender may stop counting it as in flight.
                     tally.0 += 1;
-                    if peer.is_some_and(|p| p.paused.load(Relaxed)) {
-                        counters.received_dropped_paused.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    if m.is_local_only() {
-                        counters.received_local_only.fetch_add(1, Relaxed);
-                        if rate_limit(
-                            &counters.error_logged_at,
-                            self.inner.now(),
-                            self.inner.config.log_interval,
-                        ) {
-                            warn!(
-                                "node {}: dropped a local-only message received from node {from} \
-                                 (it must never cross the network)",
-                                self.inner.config.node_id
-                            );
-                        }
-                        continue;
-                    }
-                    // Counted before the caller can see it.
-                    lc.msgs_received.fetch_add(1, Relaxed);
-                    lc.bytes_received
-                        .fetch_add((size + FRAME_HEADER_LEN) as u64, Relaxed);
-                    let d = match m.class() {
-                        MessageClass::Proposal => &mut self.proposals,
-                        MessageClass::Append if self.inner.config.separate_appends => {
-                            // A full appends channel holds back this
-                            // connection only, not the reader.
-                            if let Err(m) = self.appends.try_deliver(m, size)? {
-                                self.held.push_back((id, m, size));
-                                flow = Flow::Park;
-                                break;
-                            }
-                            continue;
-                        }
-                        _ => &mut self.messages,
-                    };
-                    if let Err(m) = d.try_deliver(m, size)? {
-                        // About to wait for the caller: what was delivered
-                        // so far is acknowledged first.
-                        tally.publish(&c.credit);
-                        d.deliver(m, size, &self.stop)?;
+                    if self.deliver(id, m, size, lane, peer, &c.credit, &mut tally)? == Flow::Park {
+                        flow = Flow::Park;
+                        break;
                     }
                 }
                 Err(v) => {
@@ -651,25 +474,81 @@ impl<M: Message> Reader<M> {
         Ok(flow)
     }
 
+    /// Delivers one message of a lane into its receive channel (or drops
+    /// and counts it: paused sender, local-only message).
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        id: ConnId,
+        m: M,
+        size: usize,
+        lane: Lane,
+        peer: Option<&PeerShared>,
+        credit: &Credit,
+        tally: &mut Tally,
+    ) -> Result<Flow, Stopped> {
+        if peer.is_some_and(|p| p.paused.load(Relaxed)) {
+            let dropped = Incident::ReceivedDropped { local_only: false };
+            self.accounts.note(peer, dropped);
+            return Ok(Flow::Go);
+        }
+        if m.is_local_only() {
+            let dropped = Incident::ReceivedDropped { local_only: true };
+            self.accounts.note(peer, dropped);
+            return Ok(Flow::Go);
+        }
+        // Counted before the caller can see it.
+        let lc = self.accounts.counters(peer).lane(lane);
+        lc.msgs_received.fetch_add(1, Relaxed);
+        lc.bytes_received
+            .fetch_add((size + FRAME_HEADER_LEN) as u64, Relaxed);
+        let d = match m.class() {
+            MessageClass::Proposal => &mut self.proposals,
+            MessageClass::Append if self.shared.config.separate_appends => {
+                // A full appends channel holds back this connection only,
+                // not the reader.
+                if let Err(m) = self.appends.try_deliver(m, size)? {
+                    self.held.push_back((id, m, size));
+                    return Ok(Flow::Park);
+                }
+                return Ok(Flow::Go);
+            }
+            _ => &mut self.messages,
+        };
+        if let Err(m) = d.try_deliver(m, size)? {
+            // About to wait for the caller: what was delivered so far is
+            // acknowledged first.
+            tally.publish(credit);
+            d.deliver(m, size, &self.stop)?;
+        }
+        Ok(Flow::Go)
+    }
+
     /// Consumes frames of a snapshot connection.
     #[allow(clippy::too_many_arguments)]
     fn consume_snapshot(
         &mut self,
         id: ConnId,
-        c: &mut InConn,
+        c: &mut Incoming,
         from: u64,
         chunk: &mut Vec<u8>,
         off: &mut usize,
         budget: &mut Budget,
-        peer: Option<&PeerHandle<M>>,
+        peer: Option<&PeerShared>,
     ) -> Result<Flow, Stopped> {
-        let mut snap = c.snap.take().unwrap_or(SnapIn::AwaitBegin);
+        let cfg = &self.shared.config;
+        let limits = SnapLimits {
+            max_snapshot_len: cfg.max_snapshot_len,
+            max_inline_len: cfg.max_inline_snapshot_len as u64,
+        };
+        let mut snap = c.snap.take().unwrap_or_default();
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
         let mut flow = Flow::Go;
         // A chunk frame that is the whole input buffer: the buffer itself
         // goes to the application (after the cursor lets go of it).
         let mut whole_chunk = None;
+        let whole = chunk.get(FRAME_HEADER_LEN..).map(|p| (p.as_ptr(), p.len()));
         while flow == Flow::Go {
             let frame = match budget.next(&mut cursor) {
                 None => break,
@@ -679,133 +558,74 @@ impl<M: Message> Reader<M> {
                     break;
                 }
             };
-            let counters = self.counters(peer);
-            counters
+            self.accounts
+                .counters(peer)
                 .lane(Lane::Snapshot)
                 .bytes_received
                 .fetch_add((frame.payload.len() + FRAME_HEADER_LEN) as u64, Relaxed);
-            let step = match (frame.kind, &mut snap) {
-                (FrameKind::Heartbeat, _) if frame.payload.is_empty() => Ok(None),
-                (FrameKind::SnapshotBegin, SnapIn::AwaitBegin) => {
-                    self.snapshot_begin(id, from, frame.payload, peer)
-                }
-                (
-                    FrameKind::SnapshotChunk,
-                    SnapIn::Stream {
-                        tx,
-                        pending,
-                        parking,
-                        ..
-                    },
-                ) => {
-                    let p = frame.payload;
-                    if p.len() + FRAME_HEADER_LEN == chunk.len()
-                        && std::ptr::eq(p.as_ptr(), chunk[FRAME_HEADER_LEN..].as_ptr())
-                    {
-                        // The last frame of this input, so nothing follows
-                        // it in this loop.
-                        whole_chunk = Some(frame.payload_crc);
-                    } else {
-                        *pending = Some(SnapItem::Chunk {
-                            buf: p.to_vec(),
-                            start: 0,
-                            crc: frame.payload_crc,
-                        });
-                        if push(tx, pending, parking) == Flow::Park {
-                            flow = Flow::Park;
-                        }
-                    }
-                    Ok(None)
-                }
-                (FrameKind::SnapshotChunk, SnapIn::Inline { buf, size, crc }) => {
-                    if (buf.len() + frame.payload.len()) as u64 > *size {
-                        self.refuse(id, from, peer, AckStatus::SizeMismatch);
-                        Ok(Some(SnapIn::Finished))
-                    } else {
-                        buf.extend_from_slice(frame.payload);
-                        *crc = match frame.payload_crc {
-                            Some(p) => crate::wire::crc::combine(*crc, p, frame.payload.len()),
-                            None => crc32c::crc32c_append(*crc, frame.payload),
-                        };
-                        Ok(None)
-                    }
-                }
-                (
-                    FrameKind::SnapshotEnd,
-                    SnapIn::Stream {
-                        tx,
-                        pending,
-                        parking,
-                        ..
-                    },
-                ) => {
-                    match SnapshotEnd::decode(frame.payload) {
-                        Ok(end) => {
-                            *pending = Some(SnapItem::End(end));
-                            if push(tx, pending, parking) == Flow::Park {
-                                flow = Flow::Park;
-                            }
-                            // Keep the stream until the end is taken.
-                            Ok(None)
-                        }
-                        Err(_) => Err(ProtocolViolation::UnexpectedFrame),
-                    }
-                }
-                (FrameKind::SnapshotEnd, SnapIn::Inline { .. }) => {
-                    match SnapshotEnd::decode(frame.payload) {
-                        Ok(end) => {
-                            let SnapIn::Inline { buf, size, crc } =
-                                std::mem::replace(&mut snap, SnapIn::Finished)
-                            else {
-                                unreachable!("matched Inline above")
-                            };
-                            self.inline_end(id, from, peer, buf, size, crc, end)?;
-                            Ok(Some(SnapIn::Finished))
-                        }
-                        Err(_) => Err(ProtocolViolation::UnexpectedFrame),
-                    }
-                }
-                // The application dropped the reader or we refused: discard.
-                (FrameKind::SnapshotChunk | FrameKind::SnapshotEnd, SnapIn::Finished) => Ok(None),
-                _ => Err(ProtocolViolation::UnexpectedFrame),
-            };
-            match step {
-                Ok(Some(next)) => snap = next,
-                Ok(None) => {}
+            let step = match snap.recv.handle(&frame, limits) {
+                Ok(step) => step,
                 Err(v) => {
                     violation = Some(v);
                     break;
                 }
-            }
-            // An end that went through completes the stream.
-            if let SnapIn::Stream { pending: None, .. } = &snap {
-                if frame.kind == FrameKind::SnapshotEnd {
-                    snap = SnapIn::Finished;
+            };
+            match step {
+                SnapStep::Nothing => {}
+                SnapStep::Begin { size, message } => {
+                    match self.snapshot_begin(id, from, size, message, peer)? {
+                        Ok(Some(out)) => {
+                            snap.recv.streaming();
+                            snap.out = Some(out);
+                        }
+                        Ok(None) => snap.recv.finish(),
+                        Err(v) => {
+                            violation = Some(v);
+                            break;
+                        }
+                    }
+                }
+                SnapStep::Chunk => {
+                    let p = frame.payload;
+                    if whole == Some((p.as_ptr(), p.len())) {
+                        // The last frame of this input, so nothing follows
+                        // it in this loop.
+                        whole_chunk = Some(frame.payload_crc);
+                    } else if let Some(out) = &mut snap.out {
+                        let item = SnapItem::Chunk {
+                            buf: p.to_vec(),
+                            start: 0,
+                            crc: frame.payload_crc,
+                        };
+                        flow = out.push(item);
+                    }
+                }
+                SnapStep::End(end) => {
+                    if let Some(out) = &mut snap.out {
+                        // Kept until the end is taken.
+                        flow = out.push(SnapItem::End(end));
+                    }
+                }
+                SnapStep::Inline(buf) => self.inline_end(id, from, peer, buf)?,
+                SnapStep::Refuse(status, failure) => {
+                    self.refuse(id, from, peer, status, failure.as_ref())
                 }
             }
         }
         *off = chunk.len() - cursor.remaining();
-        if let (
-            Some(crc),
-            SnapIn::Stream {
-                tx,
-                pending,
-                parking,
-            },
-        ) = (whole_chunk, &mut snap)
-        {
-            *pending = Some(SnapItem::Chunk {
+        if let (Some(crc), Some(out)) = (whole_chunk, &mut snap.out) {
+            let item = SnapItem::Chunk {
                 buf: std::mem::take(chunk),
                 start: FRAME_HEADER_LEN,
                 crc,
-            });
-            if push(tx, pending, parking) == Flow::Park {
-                flow = Flow::Park;
-            }
+            };
+            flow = out.push(item);
         }
         c.snap = Some(snap);
         if let Some(v) = violation {
-            c.snap = Some(SnapIn::Finished);
+            if let Some(s) = &mut c.snap {
+                s.recv.finish();
+            }
             self.violation(id, c, peer, Some(from), v);
             *off = chunk.len();
             return Ok(Flow::Go);
@@ -813,116 +633,98 @@ impl<M: Message> Reader<M> {
         Ok(flow)
     }
 
-    /// A `SnapshotBegin` frame: checks the limits, then hands the
-    /// application an `IncomingSnapshot` (or starts assembling an inline one).
+    /// A streamed snapshot begins: checks its message and the number of
+    /// snapshots coming in, then hands the application an
+    /// `IncomingSnapshot`. `Ok(None)`: refused (the sender is told why).
     fn snapshot_begin(
         &mut self,
         id: ConnId,
         from: u64,
-        payload: &[u8],
-        peer: Option<&PeerHandle<M>>,
-    ) -> Result<Option<SnapIn>, ProtocolViolation> {
-        let cfg = &self.inner.config;
-        let (begin, msg) =
-            SnapshotBegin::decode(payload).map_err(|_| ProtocolViolation::UnexpectedFrame)?;
-        let too_large = begin.size > cfg.max_snapshot_len
-            || (begin.inline && begin.size > cfg.max_inline_snapshot_len as u64);
-        if too_large {
-            self.refuse(id, from, peer, AckStatus::TooLarge);
-            return Ok(Some(SnapIn::Finished));
+        size: u64,
+        message: &[u8],
+        peer: Option<&PeerShared>,
+    ) -> Result<Result<Option<StreamOut>, ProtocolViolation>, Stopped> {
+        let cfg = &self.shared.config;
+        let m = match M::decode(message) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(ProtocolViolation::Decode(e.0))),
+        };
+        if let Err(v) = check_addresses(cfg.node_id, from, &m) {
+            return Ok(Err(v));
         }
-        if begin.inline {
-            // Grown as chunks arrive, never beyond the announced size.
-            return Ok(Some(SnapIn::Inline {
-                buf: Vec::new(),
-                size: begin.size,
-                crc: 0,
-            }));
-        }
-        let m = M::decode(msg).map_err(|e| ProtocolViolation::Decode(e.0))?;
-        check_addresses(&self.inner, from, &m)?;
         let active = self.incoming_snapshots.fetch_add(1, AcqRel);
         if active >= cfg.max_incoming_snapshots {
             self.incoming_snapshots.fetch_sub(1, AcqRel);
-            self.refuse(id, from, peer, AckStatus::TooMany);
-            return Ok(Some(SnapIn::Finished));
+            self.refuse(id, from, peer, AckStatus::TooMany, None);
+            return Ok(Ok(None));
         }
-        let counters = peer
-            .map(|p| p.link.counters.clone())
-            .unwrap_or_else(|| self.inner.non_peers.clone());
-        counters
+        self.accounts
+            .counters(peer)
             .lane(Lane::Snapshot)
             .msgs_received
             .fetch_add(1, Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(cfg.snapshot_inflight_chunks);
         let parking = Arc::new(Parking::default());
-        let reader = SnapshotReader::new(ReaderParts {
-            rx,
-            size: begin.size,
+        let port = Port {
             conn: id,
-            peer: from,
+            from,
             loop_handle: self.loop_handle.clone(),
             reader_wake: self.wake_tx.clone(),
             parking: parking.clone(),
             active: self.incoming_snapshots.clone(),
-            counters,
-            progress_timeout: cfg.snapshot_progress_timeout,
+            peer: self.shared.peers.shared(from),
+            accounts: self.accounts.clone(),
             recycler: self.recycler.clone(),
-        });
-        info!(
-            "node {}: receiving a snapshot of {} bytes from node {from}",
-            cfg.node_id, begin.size
+        };
+        let reader = SnapshotReader::new(
+            rx,
+            size,
+            from,
+            cfg.snapshot_progress_timeout,
+            Box::new(port),
+        );
+        log::info!(
+            "node {}: receiving a snapshot of {size} bytes from node {from}",
+            cfg.node_id
         );
         let incoming = IncomingSnapshot {
             message: m,
-            size: begin.size,
+            size,
             data: reader,
         };
         if self
             .snapshots
-            .deliver(incoming, msg.len(), &self.stop)
+            .deliver(incoming, message.len(), &self.stop)
             .is_err()
         {
             // Stopping: the reader (and its verdict) went down with it.
-            return Ok(Some(SnapIn::Finished));
+            return Ok(Ok(None));
         }
-        Ok(Some(SnapIn::Stream {
-            tx,
-            parking,
-            pending: None,
-        }))
+        Ok(Ok(Some(StreamOut::new(tx, parking))))
     }
 
-    /// The end of an inline snapshot: verify, decode, deliver, answer.
-    #[allow(clippy::too_many_arguments)]
+    /// An inline snapshot arrived whole and verified: decode, deliver,
+    /// answer.
     fn inline_end(
         &mut self,
         id: ConnId,
         from: u64,
-        peer: Option<&PeerHandle<M>>,
+        peer: Option<&PeerShared>,
         buf: Vec<u8>,
-        size: u64,
-        crc: u32,
-        end: SnapshotEnd,
     ) -> Result<(), Stopped> {
-        if end.size != size || buf.len() as u64 != size {
-            self.refuse(id, from, peer, AckStatus::SizeMismatch);
-            return Ok(());
-        }
-        if end.crc != crc {
-            self.refuse(id, from, peer, AckStatus::ChecksumMismatch);
-            return Ok(());
-        }
+        let node_id = self.shared.config.node_id;
         let m = match M::decode(&buf) {
-            Ok(m) if check_addresses(&self.inner, from, &m).is_ok() => m,
+            Ok(m) if check_addresses(node_id, from, &m).is_ok() => m,
             _ => {
-                self.refuse(id, from, peer, AckStatus::Malformed);
+                self.refuse(id, from, peer, AckStatus::Malformed, None);
                 return Ok(());
             }
         };
-        let counters = self.counters(peer);
-        counters.snapshots_received.fetch_add(1, Relaxed);
-        counters
+        let size = buf.len() as u64;
+        self.accounts
+            .note(peer, Incident::SnapshotReceived { from, size });
+        self.accounts
+            .counters(peer)
             .lane(Lane::Snapshot)
             .msgs_received
             .fetch_add(1, Relaxed);
@@ -939,175 +741,104 @@ impl<M: Message> Reader<M> {
         Ok(())
     }
 
-    /// Refuses an incoming snapshot: tells the sender why and closes.
-    fn refuse(&self, id: ConnId, from: u64, peer: Option<&PeerHandle<M>>, status: AckStatus) {
-        let counters = self.counters(peer);
-        counters.snapshots_receive_failed.fetch_add(1, Relaxed);
-        counters.set_last_error(format!("incoming snapshot refused: {status}"));
-        warn!(
-            "node {}: refusing a snapshot from node {from}: {status}",
-            self.inner.config.node_id
-        );
+    /// Refuses an incoming snapshot: tells the sender why (and the loop
+    /// closes the connection after that).
+    fn refuse(
+        &self,
+        id: ConnId,
+        from: u64,
+        peer: Option<&PeerShared>,
+        status: AckStatus,
+        failure: Option<&SnapshotFailure>,
+    ) {
+        let refused = Incident::SnapshotReceiveFailed {
+            from,
+            status,
+            failure,
+        };
+        self.accounts.note(peer, refused);
         self.loop_handle
             .send(LoopCmd::SnapshotAck { conn: id, status });
     }
 
-    fn handshake(
-        &mut self,
-        id: ConnId,
-        c: &mut InConn,
-        parsed: Result<HelloParse, crate::wire::HelloError>,
-    ) {
-        let cfg = &self.inner.config;
-        let hello = match parsed {
-            Err(_) => {
-                let g = &self.inner.global;
-                if matches!(&c.state, State::Hello(b) if b.first() == Some(&0x16))
-                    && rate_limit(&g.tls_logged_at, self.inner.now(), cfg.log_interval)
-                {
-                    warn!(
-                        "node {}: the connection from {:?} starts like a TLS handshake, but \
-                         this node runs without TLS (is Config::tls missing here?)",
-                        cfg.node_id, c.peer_addr
-                    );
+    /// The verdict on a hello, sent to the loop typed.
+    fn handshake(&mut self, id: ConnId, c: &mut Incoming, parsed: Result<HelloParse, HelloError>) {
+        if parsed.is_err() {
+            if let State::Hello(h) = &c.state {
+                if h.looks_like_tls() {
+                    self.accounts
+                        .note(None, Incident::TlsToPlaintext { addr: c.peer_addr });
                 }
-                self.violation(id, c, None, None, ProtocolViolation::BadHello);
-                return;
             }
-            Ok(HelloParse::Unsupported(v)) => {
-                self.reject(
-                    id,
-                    c,
-                    None,
-                    RejectReason::UnsupportedVersion,
-                    &format!("version {v}"),
-                );
-                return;
-            }
-            Ok(HelloParse::Hello(h)) => h,
-        };
+        }
         let reporter = &self.reporter;
-        let checked = hello
-            .check(cfg.cluster_id, cfg.node_id, |from| {
-                reporter.is_id_removed(from)
-            })
-            .and_then(|lane| {
-                // With TLS, the certificate says who the dialer is.
-                if cfg.has_tls() && c.tls_node != Some(hello.from) {
-                    self.inner.global.tls.wrong_identity.fetch_add(1, Relaxed);
-                    Err(RejectReason::IdentityMismatch)
-                } else {
-                    Ok(lane)
-                }
-            });
-        match checked {
-            Ok(lane) => {
-                self.inner.global.inbound_accepted.fetch_add(1, Relaxed);
+        let verdict = self
+            .acceptor
+            .verdict(parsed, c.tls_node, |from| reporter.is_id_removed(from));
+        match &verdict {
+            Verdict::Accept { from, lane } => {
+                let (from, lane) = (*from, *lane);
+                self.accounts.global.inbound_accepted.fetch_add(1, Relaxed);
                 debug!(
-                    "node {}: accepted {lane} connection from node {} ({:?})",
-                    cfg.node_id, hello.from, c.peer_addr
+                    "node {}: accepted {lane} connection from node {from} ({:?})",
+                    self.shared.config.node_id, c.peer_addr
                 );
-                c.state = State::Open {
-                    from: hello.from,
-                    lane,
-                };
+                c.state = State::Open { from, lane };
                 if lane != Lane::Snapshot {
                     c.behind = self
                         .conns
                         .iter()
                         .find(|(_, o)| {
                             matches!(o.state, State::Open { from: f, lane: l }
-                                if f == hello.from && l == lane)
+                                if f == from && l == lane)
                         })
                         .map(|(&old, _)| old);
                 }
-                self.loop_handle.send(LoopCmd::Accept {
-                    conn: id,
-                    from: hello.from,
-                    lane,
-                });
             }
-            Err(reason) => {
-                let detail = match reason {
-                    RejectReason::WrongCluster => format!(
-                        "cluster {:#x}, ours is {:#x}",
-                        hello.cluster_id, cfg.cluster_id
-                    ),
-                    RejectReason::WrongReceiver => {
-                        format!("it meant to reach node {}", hello.to)
-                    }
-                    RejectReason::IdentityMismatch => format!(
-                        "(certificate: node {})",
-                        c.tls_node.map_or("?".to_string(), |n| n.to_string())
-                    ),
-                    _ => String::new(),
+            Verdict::Reject { hello, reason } => {
+                let claimed = verdict.claimed_sender();
+                let detail = self
+                    .acceptor
+                    .reject_detail(hello.as_ref(), *reason, c.tls_node);
+                let peer = claimed.and_then(|f| self.shared.peers.shared(f));
+                let rejected = Incident::InboundRejected {
+                    addr: c.peer_addr,
+                    claimed,
+                    reason: *reason,
+                    detail: &detail,
                 };
-                self.reject(id, c, Some(hello.from), reason, &detail);
+                self.accounts.note(peer.as_deref(), rejected);
+                c.state = State::Done;
+            }
+            Verdict::Violation(v) => {
+                let violation = Incident::Violation {
+                    addr: c.peer_addr,
+                    from: None,
+                    violation: v,
+                };
+                self.accounts.note(None, violation);
+                c.state = State::Done;
             }
         }
+        self.loop_handle
+            .send(LoopCmd::Verdict { conn: id, verdict });
     }
 
-    fn reject(
-        &mut self,
-        id: ConnId,
-        c: &mut InConn,
-        from: Option<u64>,
-        reason: RejectReason,
-        detail: &str,
-    ) {
-        let g = &self.inner.global;
-        g.inbound_rejected.fetch_add(1, Relaxed);
-        let peer = from.and_then(|f| self.peer(f));
-        let counters = self.counters(peer.as_deref());
-        counters.rejected_inbound.fetch_add(1, Relaxed);
-        let slot = if peer.is_some() {
-            &counters.error_logged_at
-        } else {
-            &g.error_logged_at
-        };
-        if rate_limit(slot, self.inner.now(), self.inner.config.log_interval) {
-            warn!(
-                "node {}: rejected connection from {:?} (claims node {}): {reason} {detail}",
-                self.inner.config.node_id,
-                c.peer_addr,
-                from.map_or("?".to_string(), |f| f.to_string()),
-            );
-        }
-        c.state = State::Done;
-        self.loop_handle.send(LoopCmd::Reject {
-            conn: id,
-            response: Response::Reject(reason).encode(),
-        });
-    }
-
+    /// The connection broke the protocol: counted, logged, closed.
     fn violation(
         &self,
         id: ConnId,
-        c: &mut InConn,
-        peer: Option<&PeerHandle<M>>,
+        c: &mut Incoming,
+        peer: Option<&PeerShared>,
         from: Option<u64>,
         v: ProtocolViolation,
     ) {
-        let g = &self.inner.global;
-        g.protocol_errors.fetch_add(1, Relaxed);
-        let counters = self.counters(peer);
-        if from.is_some() {
-            counters.protocol_errors.fetch_add(1, Relaxed);
-            counters.set_last_error(format!("inbound connection closed: {v}"));
-        }
-        let slot = if peer.is_some() {
-            &counters.error_logged_at
-        } else {
-            &g.error_logged_at
+        let violation = Incident::Violation {
+            addr: c.peer_addr,
+            from,
+            violation: &v,
         };
-        if rate_limit(slot, self.inner.now(), self.inner.config.log_interval) {
-            warn!(
-                "node {}: closing connection from {:?} (node {}): {v}",
-                self.inner.config.node_id,
-                c.peer_addr,
-                from.map_or("?".to_string(), |f| f.to_string()),
-            );
-        }
+        self.accounts.note(peer, violation);
         c.state = State::Done;
         self.loop_handle.send(LoopCmd::Close {
             conn: id,
@@ -1115,191 +846,26 @@ impl<M: Message> Reader<M> {
         });
     }
 
-    /// The loop has closed the connection and every byte has been seen.
-    fn finish(&mut self, id: ConnId, c: &InConn, reason: CloseReason) {
+    /// The loop has closed the connection and every byte has been seen: a
+    /// connection that ended inside a frame (or a hello) broke the protocol.
+    fn finish(&self, c: &Incoming, reason: CloseReason) {
         let truncated = match &c.state {
             State::Open { .. } => c.deframer.pending_bytes() > 0,
-            State::Hello(buf) => !buf.is_empty(),
+            State::Hello(h) => !h.is_empty(),
             State::Done => false,
         };
         if truncated && reason == CloseReason::Eof {
-            let g = &self.inner.global;
-            g.protocol_errors.fetch_add(1, Relaxed);
-            let (peer, from) = match c.state {
-                State::Open { from, .. } => (self.peer(from), Some(from)),
-                _ => (None, None),
+            let from = match c.state {
+                State::Open { from, .. } => Some(from),
+                _ => None,
             };
-            let counters = self.counters(peer.as_deref());
-            if from.is_some() {
-                counters.protocol_errors.fetch_add(1, Relaxed);
-                counters.set_last_error(format!(
-                    "inbound connection closed: {}",
-                    ProtocolViolation::Truncated
-                ));
-            }
-            if rate_limit(
-                &g.error_logged_at,
-                self.inner.now(),
-                self.inner.config.log_interval,
-            ) {
-                warn!(
-                    "node {}: connection from {:?} (node {}) ended inside a frame",
-                    self.inner.config.node_id,
-                    c.peer_addr,
-                    from.map_or("?".to_string(), |f| f.to_string())
-                );
-            }
-        } else if let State::Open { from, lane } = c.state {
-            info!(
-                "node {}: inbound {lane} connection from node {from} closed: {reason}",
-                self.inner.config.node_id
-            );
+            let peer = from.and_then(|f| self.shared.peers.shared(f));
+            let violation = Incident::Violation {
+                addr: c.peer_addr,
+                from,
+                violation: &ProtocolViolation::Truncated,
+            };
+            self.accounts.note(peer.as_deref(), violation);
         }
-        let _ = id;
-    }
-}
-
-/// Checks and decodes one frame of a message or append lane. `Ok(None)`
-/// for a link heartbeat.
-fn handle_frame<M: Message>(
-    inner: &Inner<M>,
-    from: u64,
-    frame: Frame<'_>,
-) -> Result<Option<(M, usize)>, ProtocolViolation> {
-    match frame.kind {
-        FrameKind::Heartbeat if frame.payload.is_empty() => Ok(None),
-        FrameKind::Message => {
-            let m = M::decode(frame.payload).map_err(|e| ProtocolViolation::Decode(e.0))?;
-            check_addresses(inner, from, &m)?;
-            Ok(Some((m, frame.payload.len())))
-        }
-        _ => Err(ProtocolViolation::UnexpectedFrame),
-    }
-}
-
-/// A message must come from the connection's sender and be for us.
-fn check_addresses<M: Message>(
-    inner: &Inner<M>,
-    from: u64,
-    m: &M,
-) -> Result<(), ProtocolViolation> {
-    if m.from() != from {
-        return Err(ProtocolViolation::WrongSender {
-            expected: from,
-            got: m.from(),
-        });
-    }
-    if m.to() != inner.config.node_id {
-        return Err(ProtocolViolation::WrongReceiver(m.to()));
-    }
-    Ok(())
-}
-
-/// Offers a stream's pending item to its application. When the channel is
-/// full, parks the stream (the `SnapshotReader` wakes it after taking an
-/// item); when the application is gone, drops the item.
-fn push(tx: &Sender<SnapItem>, pending: &mut Option<SnapItem>, parking: &Parking) -> Flow {
-    let Some(item) = pending.take() else {
-        return Flow::Go;
-    };
-    match tx.try_send(item) {
-        Ok(()) => Flow::Go,
-        Err(TrySendError::Disconnected(_)) => Flow::Go,
-        Err(TrySendError::Full(item)) => {
-            parking.parked.store(true, SeqCst);
-            // The reader may have taken an item between the two: try again.
-            match tx.try_send(item) {
-                Ok(()) => Flow::Go,
-                Err(TrySendError::Disconnected(_)) => Flow::Go,
-                Err(TrySendError::Full(item)) => {
-                    *pending = Some(item);
-                    Flow::Park
-                }
-            }
-        }
-    }
-}
-
-/// Pushes a parked stream's pending item, if any.
-fn push_pending(snap: &mut Option<SnapIn>) -> Flow {
-    match snap {
-        Some(SnapIn::Stream {
-            tx,
-            pending,
-            parking,
-            ..
-        }) => {
-            let was_end = matches!(pending, Some(SnapItem::End(_)));
-            let flow = push(tx, pending, parking);
-            if was_end && flow == Flow::Go {
-                *snap = Some(SnapIn::Finished);
-            }
-            flow
-        }
-        _ => Flow::Go,
-    }
-}
-
-/// Returns read credit for consumed bytes; resumes reading if the loop had
-/// stopped for lack of it.
-fn release(credit: &Credit, n: usize, cap: usize, conn: ConnId, loop_handle: &LoopHandle) {
-    let left = credit.inflight.fetch_sub(n, SeqCst) - n;
-    if left < cap && credit.paused.swap(false, SeqCst) {
-        loop_handle.send(LoopCmd::ResumeRead { conn });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delivery_is_bounded_in_bytes_and_resumes_after_a_drain() {
-        let (tx, rx) = crossbeam_channel::bounded(100);
-        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
-        let mut d = Delivery::new(tx, 1000);
-        d.deliver(1u32, 600, &stop).ok().unwrap();
-        d.deliver(2u32, 400, &stop).ok().unwrap();
-        assert_eq!(d.bytes, 1000);
-        // A third would exceed the bound: it waits until the caller drains.
-        let drainer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            let first = rx.recv().unwrap();
-            (first, rx)
-        });
-        d.deliver(3u32, 300, &stop).ok().unwrap();
-        let (first, rx) = drainer.join().unwrap();
-        assert_eq!(first, 1);
-        assert_eq!(d.bytes, 700);
-        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![2, 3]);
-        // One message larger than the bound passes an empty channel.
-        d.deliver(4u32, 5000, &stop).ok().unwrap();
-        assert_eq!(rx.recv().unwrap(), 4);
-    }
-
-    #[test]
-    fn delivery_sizes_stay_few_while_the_caller_keeps_up() {
-        let (tx, rx) = crossbeam_channel::bounded(10_000);
-        let (_stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
-        let mut d = Delivery::new(tx, 1 << 20);
-        for i in 0..10_000u32 {
-            d.deliver(i, 100, &stop).ok().unwrap();
-            assert_eq!(rx.try_recv(), Ok(i));
-            assert!(d.sizes.len() <= PRUNE_EVERY, "{} sizes kept", d.sizes.len());
-            assert_eq!(d.bytes, d.sizes.len() * 100);
-        }
-        // Never less than what the channel holds.
-        d.deliver(7, 100, &stop).ok().unwrap();
-        assert!(d.bytes >= 100 * rx.len());
-    }
-
-    #[test]
-    fn delivery_wait_ends_when_the_transport_stops() {
-        let (tx, _rx) = crossbeam_channel::bounded(1);
-        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
-        let mut d = Delivery::new(tx, 1000);
-        d.deliver(1u32, 10, &stop).ok().unwrap();
-        drop(stop_tx);
-        assert!(d.deliver(2u32, 10, &stop).is_err());
     }
 }

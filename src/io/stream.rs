@@ -7,9 +7,12 @@
 //! mio's contract: `WouldBlock` only when the socket itself would block, so
 //! an edge-triggered readiness event is sure to come.
 
+use crate::config::Config;
 use crate::error::CloseReason;
 use mio::net::TcpStream;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
 
 /// Most plaintext rustls buffers for writing per connection (encrypted
 /// records waiting for the socket included).
@@ -224,4 +227,58 @@ impl Tls {
         }
         Ok(())
     }
+}
+
+/// Applies the socket options of the config to any TCP socket.
+pub(crate) fn configure(sock: SockRef<'_>, config: &Config) -> io::Result<()> {
+    sock.set_tcp_nodelay(true)?;
+    if let Some(idle) = config.tcp_keepalive {
+        sock.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
+    }
+    if let Some(n) = config.send_buffer_size {
+        sock.set_send_buffer_size(n)?;
+    }
+    if let Some(n) = config.recv_buffer_size {
+        sock.set_recv_buffer_size(n)?;
+    }
+    Ok(())
+}
+
+/// Starts a non-blocking connect.
+pub(crate) fn dial(addr: SocketAddr, config: &Config) -> io::Result<TcpStream> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    configure(SockRef::from(&sock), config)?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(sock.into()))
+}
+
+/// Whether a non-blocking connect has completed (`Ok(false)`: not yet).
+pub(crate) fn connect_result(stream: &Stream) -> Result<bool, CloseReason> {
+    match stream.sock().take_error() {
+        Ok(None) => {}
+        Ok(Some(e)) | Err(e) => return Err(CloseReason::Io(e.kind())),
+    }
+    match stream.sock().peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(CloseReason::Io(e.kind())),
+    }
+}
+
+/// The node id in a TLS peer's certificate, once its handshake is done.
+#[cfg(feature = "tls")]
+pub(crate) fn identify(
+    ctx: &Option<std::sync::Arc<crate::tls::TlsContext>>,
+    stream: &Stream,
+) -> Result<u64, crate::error::TlsFailure> {
+    let ctx = ctx
+        .as_ref()
+        .ok_or_else(|| crate::error::TlsFailure::Other("TLS context missing".into()))?;
+    ctx.peer_id(stream.peer_certificates())
 }

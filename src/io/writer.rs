@@ -4,19 +4,22 @@
 //! time; the loop hands spent buffers back, which is both the flow control
 //! and the buffer reuse (no allocation per message or per batch once warm).
 
+use super::account::{Accounts, Incident};
+use super::channels::{LoopCmd, LoopHandle, Returned};
+use super::peers::{PeerShared, Queued};
 use crate::config::Config;
+use crate::conn::Batch;
 use crate::error::DropReason;
-use crate::io::{Batch, LoopCmd, LoopHandle, Notice, Queued, Returned};
+use crate::lanes::QueuedLane;
 use crate::message::Message;
-use crate::stats::{PeerCounters, rate_limit};
+use crate::wire::FrameKind;
 use crate::wire::frame::encode_frame_owned;
-use crate::wire::{FrameKind, Lane};
-use crossbeam_channel::{Receiver, Sender, select};
-use log::{error, warn};
+use crossbeam_channel::{Receiver, select};
+use log::error;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::*};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering::*;
+use std::time::Duration;
 
 /// Payload tails of at least this many bytes are written from the
 /// message's own buffer (`Message::encode_owned`); shorter ones are copied
@@ -24,18 +27,16 @@ use std::time::{Duration, Instant};
 const MIN_OWNED_TAIL: usize = 16 << 10;
 
 pub(crate) struct WriterCtx<M> {
-    pub peer: u64,
-    pub lane: Lane,
+    pub peer_id: u64,
+    pub peer: Arc<PeerShared>,
+    pub lane: QueuedLane,
     pub queue: Receiver<Queued<M>>,
     pub returns: Receiver<Returned>,
     pub close: Receiver<()>,
     pub stop: Receiver<()>,
     pub loop_handle: LoopHandle,
-    pub notice_tx: Sender<Notice>,
-    pub notice_pending: Arc<AtomicBool>,
-    pub counters: Arc<PeerCounters>,
+    pub accounts: Arc<Accounts>,
     pub config: Config,
-    pub epoch: Instant,
 }
 
 pub(crate) struct Writer<M> {
@@ -103,23 +104,33 @@ impl<M: Message> Writer<M> {
         }
         // Batches the loop received after it let go of the peer (or never
         // received) will not come back.
-        if self.inflight_msgs > 0 {
-            self.ctx
-                .counters
-                .count_drop(self.ctx.lane, reason, self.inflight_msgs);
-        }
+        self.drop_msgs(reason, self.inflight_msgs);
         // Count what is still queued: it will never be sent.
         let mut n = 0u64;
+        let queued = &self
+            .ctx
+            .peer
+            .counters
+            .lane(self.ctx.lane.lane())
+            .queued_bytes;
         for q in self.ctx.queue.try_iter() {
-            self.ctx
-                .counters
-                .lane(self.ctx.lane)
-                .queued_bytes
-                .fetch_sub(q.len, AcqRel);
+            queued.fetch_sub(q.len, AcqRel);
             n += 1;
         }
+        self.drop_msgs(reason, n);
+    }
+
+    /// Counts (and, where it means the peer is not reached, logs and
+    /// reports) `n` messages dropped for `reason`.
+    fn drop_msgs(&self, reason: DropReason, n: u64) {
         if n > 0 {
-            self.ctx.counters.count_drop(self.ctx.lane, reason, n);
+            let c = &self.ctx;
+            let dropped = Incident::Dropped {
+                lane: c.lane,
+                reason,
+                n,
+            };
+            c.accounts.note(Some(&c.peer), dropped);
         }
     }
 
@@ -168,15 +179,13 @@ impl<M: Message> Writer<M> {
         self.inflight -= 1;
         self.inflight_msgs -= msgs;
         let c = &self.ctx;
-        let lane = c.counters.lane(c.lane);
         match r.dropped {
             None => {
+                let lane = c.peer.counters.lane(c.lane.lane());
                 lane.msgs_sent.fetch_add(msgs, Relaxed);
                 lane.bytes_sent.fetch_add(r.batch.len() as u64, Relaxed);
             }
-            Some(_) if msgs == 0 => {}
-            Some(DropReason::Unreachable) => self.record_drop(DropReason::Unreachable, msgs),
-            Some(reason) => c.counters.count_drop(c.lane, reason, msgs),
+            Some(reason) => self.drop_msgs(reason, msgs),
         }
         // The tails (the messages' own payloads) are freed here, off the
         // event loop's thread.
@@ -191,27 +200,6 @@ impl<M: Message> Writer<M> {
         {
             buf.clear();
             self.spare.push(buf);
-        }
-    }
-
-    fn record_drop(&self, reason: DropReason, n: u64) {
-        let c = &self.ctx;
-        c.counters.count_drop(c.lane, reason, n);
-        if rate_limit(
-            &c.counters.drop_logged_at[reason.index()],
-            c.epoch.elapsed(),
-            c.config.log_interval,
-        ) {
-            warn!(
-                "node {}: dropped {n} message(s) to peer {} on the {} lane: {}",
-                c.config.node_id,
-                c.peer,
-                c.lane,
-                reason.name()
-            );
-        }
-        if !c.notice_pending.swap(true, AcqRel) {
-            let _ = c.notice_tx.send(Notice::Unreachable(c.peer));
         }
     }
 
@@ -254,8 +242,9 @@ impl<M: Message> Writer<M> {
             next = self.ctx.queue.try_recv().ok();
         }
         let c = &self.ctx;
-        c.counters
-            .lane(c.lane)
+        c.peer
+            .counters
+            .lane(c.lane.lane())
             .queued_bytes
             .fetch_sub(dequeued_bytes, AcqRel);
         if too_large > 0 {
@@ -263,9 +252,9 @@ impl<M: Message> Writer<M> {
             error!(
                 "node {}: {too_large} message(s) to peer {} encoded larger than max_frame_len; \
                  dropped (Message::encoded_len disagrees with encode)",
-                c.config.node_id, c.peer
+                c.config.node_id, c.peer_id
             );
-            self.record_drop(DropReason::TooLarge, too_large);
+            self.drop_msgs(DropReason::TooLarge, too_large);
         }
         if buf.is_empty() {
             self.spare.push(buf);
@@ -275,7 +264,7 @@ impl<M: Message> Writer<M> {
         self.inflight += 1;
         self.inflight_msgs += msgs as u64;
         let sent = self.ctx.loop_handle.send(LoopCmd::Batch {
-            peer: self.ctx.peer,
+            peer: self.ctx.peer_id,
             lane: self.ctx.lane,
             batch,
         });
@@ -283,9 +272,7 @@ impl<M: Message> Writer<M> {
             // The loop is gone: the transport is stopping.
             self.inflight -= 1;
             self.inflight_msgs -= msgs as u64;
-            self.ctx
-                .counters
-                .count_drop(self.ctx.lane, DropReason::Stopped, msgs as u64);
+            self.drop_msgs(DropReason::Stopped, msgs as u64);
         }
     }
 }

@@ -113,6 +113,7 @@ pub(crate) fn combine_op(crc_a: u32, crc_b: u32, op: u32) -> u32 {
 }
 
 /// The CRC-32C of `a ++ b` from `crc(a)`, `crc(b)` and `b.len()`.
+#[cfg(test)]
 pub(crate) fn combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
     combine_op(crc_a, crc_b, shift_op(len_b))
 }

@@ -46,8 +46,6 @@ pub enum Lane {
 impl Lane {
     /// Every lane, in wire order.
     pub const ALL: [Lane; 3] = [Lane::Message, Lane::Append, Lane::Snapshot];
-    /// The lanes with a queue, a writer and a long-lived connection per peer.
-    pub const QUEUED: [Lane; 2] = [Lane::Message, Lane::Append];
 
     /// The lane for a wire byte.
     pub fn from_u8(b: u8) -> Option<Lane> {
