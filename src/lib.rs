@@ -223,11 +223,21 @@
 //!
 //! Everything is visible in [`Transport::stats`].
 //!
-//! # 9. The wire
+//! # 9. The wire, and how the transport is built
 //!
 //! The protocol is specified byte by byte in `docs/PROTOCOL.md`. The codec
 //! is internal; tests and fuzzers that play a peer by hand reach it as
 //! `raftwire::testing::wire` (feature `testing`), with no stability promise.
+//!
+//! Inside, every rule of a connection (when to dial and how long to back
+//! off, the handshake, delivery reports and what a dying connection leaves
+//! in flight, link heartbeats and timeouts, read credit, large frames read
+//! whole, snapshot framing and verification) is a state machine without
+//! sockets, threads or clock reads: bytes and `now` go in, decisions come
+//! out, and each rule is tested with its input split at every byte. The
+//! threads are drivers around those machines: one event loop (`mio`) owns
+//! every socket, a writer per peer lane batches, a reader decodes and
+//! delivers, a notifier calls the [`Reporter`]. The README has the picture.
 //!
 //! # 10. raft-rs
 //!

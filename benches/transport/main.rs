@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench transport -- [--runs N] [--quick] [--only LIST]
 //!     [--json FILE] [--markdown FILE] [--svg FILE] [--quiet-wait SECS]
-//!     [--from FILE] [--list]
+//!     [--from FILE] [--list] [--against BIN]
 //! ```
 //!
 //! The parent process runs every measurement in a fresh child process (this
@@ -16,7 +16,10 @@
 //! with every raftwire figure as a ratio to RAW from the same invocation and
 //! BENCH.md's targets (stdout, and `--markdown FILE`), and draws the curve
 //! (`--svg FILE`). `--from FILE` redraws table and plot from saved JSON
-//! lines without measuring.
+//! lines without measuring. `--against BIN` also runs every raftwire job
+//! with another build of this benchmark (say, the previous commit's), in
+//! the same invocation, alternating which goes first, and adds a table of
+//! this build against that one.
 
 mod common;
 mod pair;
@@ -288,11 +291,13 @@ struct Args {
     list: bool,
     /// Before each job, wait up to this long for the machine to be idle.
     quiet_wait: Option<Duration>,
+    /// Another build of this benchmark to compare with, job by job.
+    against: Option<String>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench transport -- [--runs N] [--quick] \
 [--only w1,w2,w3,curve,raw-tcp,...] [--json FILE] [--markdown FILE] [--svg FILE] \
-[--quiet-wait SECS] [--from FILE] [--list]";
+[--quiet-wait SECS] [--from FILE] [--list] [--against BIN]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -320,6 +325,7 @@ fn parse_args() -> Result<Args, String> {
             "--svg" => a.svg = Some(value("--svg")?),
             "--from" => a.from = Some(value("--from")?),
             "--child" => a.child = Some(value("--child")?),
+            "--against" => a.against = Some(value("--against")?),
             "--list" => a.list = true,
             "--quiet-wait" => {
                 let secs: f64 = value("--quiet-wait")?
@@ -412,48 +418,37 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
         let mut busy_seen = Vec::new();
         for run in 1..=args.runs {
             for job in jobs {
-                let busy = wait_quiet(args.quiet_wait);
-                busy_seen.push(busy);
-                let t0 = Instant::now();
-                let mut cmd = Command::new(&exe);
-                cmd.arg("--child").arg(job.name());
-                if args.quick {
-                    cmd.arg("--quick");
-                }
-                let mut child = cmd.stdout(Stdio::piped()).spawn()?;
-                let out = child.stdout.take().expect("piped stdout");
-                for line in BufReader::new(out).lines() {
-                    let line = line?;
-                    if let Some(r) = line.strip_prefix(common::RESULT_TAG) {
-                        let f: Vec<&str> = r.split(' ').collect();
-                        if let [imp, w, metric, v] = f[..] {
-                            let key = (imp.to_string(), w.to_string(), metric.to_string());
-                            if !values.contains_key(&key) {
-                                order.push(key.clone());
-                            }
-                            values
-                                .entry(key)
-                                .or_default()
-                                .push(v.parse().unwrap_or(f64::NAN));
-                        }
-                    } else if let Some(i) = line.strip_prefix(common::INFO_TAG) {
-                        if run == 1 {
-                            eprintln!("    {i}");
-                        }
-                    } else {
-                        eprintln!("    {line}");
+                // With --against, raftwire jobs run with both builds, the
+                // first one alternating from run to run.
+                let mut exes = vec![(exe.clone(), "")];
+                if let (Some(other), true) = (&args.against, job.imp != raw_tcp::IMPL) {
+                    exes.push((other.into(), report::BEFORE));
+                    if run % 2 == 0 {
+                        exes.reverse();
                     }
                 }
-                let status = child.wait()?;
-                eprintln!(
-                    "[run {run}/{}] {:<24} {:>6.2} s  (machine {:>3.0} % busy before){}",
-                    args.runs,
-                    job.name(),
-                    t0.elapsed().as_secs_f64(),
-                    busy * 100.0,
-                    if status.success() { "" } else { "  FAILED" }
-                );
-                ok &= status.success();
+                for (exe, suffix) in &exes {
+                    let busy = wait_quiet(args.quiet_wait);
+                    busy_seen.push(busy);
+                    let t0 = Instant::now();
+                    let (status, got) = run_child(exe, job, args.quick, run == 1)?;
+                    for (imp, w, metric, v) in got {
+                        let key = (format!("{imp}{suffix}"), w, metric);
+                        if !values.contains_key(&key) {
+                            order.push(key.clone());
+                        }
+                        values.entry(key).or_default().push(v);
+                    }
+                    eprintln!(
+                        "[run {run}/{}] {:<24} {:>6.2} s  (machine {:>3.0} % busy before){}",
+                        args.runs,
+                        format!("{}{suffix}", job.name()),
+                        t0.elapsed().as_secs_f64(),
+                        busy * 100.0,
+                        if status.success() { "" } else { "  FAILED" }
+                    );
+                    ok &= status.success();
+                }
             }
         }
         if !ok {
@@ -484,6 +479,44 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
         aggs
     };
     finish(args, &aggs, cores).map(|()| true)
+}
+
+/// One measurement in a fresh child process of `exe`: its exit status and
+/// the values it reported (`imp`, workload, metric, value). Notes are
+/// passed on when `notes`.
+type Value = (String, String, String, f64);
+
+fn run_child(
+    exe: &std::path::Path,
+    job: &Job,
+    quick: bool,
+    notes: bool,
+) -> std::io::Result<(std::process::ExitStatus, Vec<Value>)> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child").arg(job.name());
+    if quick {
+        cmd.arg("--quick");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let out = child.stdout.take().expect("piped stdout");
+    let mut got = Vec::new();
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        if let Some(r) = line.strip_prefix(common::RESULT_TAG) {
+            let f: Vec<&str> = r.split(' ').collect();
+            if let [imp, w, metric, v] = f[..] {
+                let v = v.parse().unwrap_or(f64::NAN);
+                got.push((imp.to_string(), w.to_string(), metric.to_string(), v));
+            }
+        } else if let Some(i) = line.strip_prefix(common::INFO_TAG) {
+            if notes {
+                eprintln!("    {i}");
+            }
+        } else {
+            eprintln!("    {line}");
+        }
+    }
+    Ok((child.wait()?, got))
 }
 
 /// (busy, total) jiffies of all CPUs from /proc/stat.
@@ -534,7 +567,10 @@ fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()
             if args.quick { ", QUICK sizes" } else { "" }
         ),
     };
-    let table = report::markdown(aggs);
+    let mut table = report::markdown(aggs);
+    if let Some(before) = report::against(aggs) {
+        table.push_str(&before);
+    }
     println!("\n{header}\n\n{table}");
     if let Some(path) = &args.markdown {
         std::fs::write(path, format!("{header}\n\n{table}"))?;

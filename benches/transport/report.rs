@@ -4,6 +4,10 @@
 use crate::{CURVE_SIZES, Workload, pair, raw_tcp, size_name};
 use std::fmt::Write;
 
+/// The suffix of the implementation name of figures measured with the
+/// build given by `--against`.
+pub const BEFORE: &str = "@before";
+
 /// One figure: the median over runs with min and max.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Agg {
@@ -386,4 +390,67 @@ pub fn utc_now() -> String {
         rem / 3600,
         rem % 3600 / 60
     )
+}
+
+/// Whether a smaller value of `metric` is the better one.
+fn lower_is_better(metric: &str) -> bool {
+    metric.contains("_us")
+        || metric.starts_with("cpu")
+        || metric.contains("rss")
+        || metric == "dropped"
+}
+
+/// With `--against`: every figure of this build beside the other build's,
+/// as a ratio, and whether it moved beyond the two builds' run-to-run
+/// spread (`worse`/`better` only when the ranges do not overlap).
+pub fn against(aggs: &[Agg]) -> Option<String> {
+    let before: Vec<&Agg> = aggs.iter().filter(|a| a.imp.ends_with(BEFORE)).collect();
+    if before.is_empty() {
+        return None;
+    }
+    let mut out = String::from(
+        "\n### This build against the `--against` build (same invocation)\n\n\
+         | job | metric | this build | `--against` build | this / that | verdict |\n\
+         |---|---|---:|---:|---:|---|\n",
+    );
+    for b in before {
+        let imp = b.imp.trim_end_matches(BEFORE);
+        let Some(now) = find(aggs, imp, &b.workload, &b.metric) else {
+            continue;
+        };
+        if b.metric == "hb_count" {
+            continue;
+        }
+        let ratio = if b.value != 0.0 {
+            now.value / b.value
+        } else {
+            f64::NAN
+        };
+        let lower = lower_is_better(&b.metric);
+        let better = if lower {
+            now.max < b.min
+        } else {
+            now.min > b.max
+        };
+        let worse = if lower {
+            now.min > b.max
+        } else {
+            now.max < b.min
+        };
+        let verdict = match (better, worse) {
+            (true, _) => "better",
+            (_, true) => "worse",
+            _ => "within noise",
+        };
+        let _ = writeln!(
+            out,
+            "| {imp}:{} | {} | {} | {} | {:.2} | {verdict} |",
+            b.workload,
+            b.metric,
+            cell(Some(now)),
+            cell(Some(b)),
+            ratio
+        );
+    }
+    Some(out)
 }

@@ -287,7 +287,8 @@ impl InConn {
         if self.closing.is_some() {
             return; // rejected or refused: discard
         }
-        if self.ack_due.is_none() {
+        let snapshot = matches!(self.accepted, Some((_, Lane::Snapshot)));
+        if self.ack_due.is_none() && !snapshot {
             self.ack_due = Some(now + self.timing.ack_interval);
         }
         self.intake.handle_read(n, scratch, bufs, &mut |bytes| {
@@ -349,7 +350,10 @@ impl InConn {
             // Silence while we are not reading is ours, not the peer's.
             self.liveness.handle_read(now);
         }
-        if lane != Lane::Snapshot && self.ack_due.is_some_and(|t| now >= t) {
+        if lane == Lane::Snapshot {
+            // A snapshot's sender hears the verdict, not delivery reports.
+            self.ack_due = None;
+        } else if self.ack_due.is_some_and(|t| now >= t) {
             // Tell the dialer how many of its messages are delivered, so
             // that only the rest counts as lost if this connection dies.
             // Keep looking while read bytes wait for the reader.

@@ -301,7 +301,8 @@ impl Pair {
         self.to_acceptor.len() < before
     }
 
-    /// Lets `d` pass and runs every timer that is due.
+    /// Lets `d` pass and runs every timer that is due. Afterwards no
+    /// machine asks to be woken in the past (which would spin its driver).
     fn advance(&mut self, d: Duration) {
         self.now += d;
         self.link.handle_timeout(self.now);
@@ -312,6 +313,15 @@ impl Pair {
             }
         }
         self.collect_events();
+        if let Some(t) = self.link.poll_timeout() {
+            assert!(
+                t > self.now || self.link.poll_dial(self.now).is_some(),
+                "link wakes in the past"
+            );
+        }
+        if let Some(t) = self.accept.as_ref().and_then(|a| a.poll_timeout()) {
+            assert!(t > self.now, "acceptor wakes in the past");
+        }
     }
 
     fn lost(&self) -> Vec<&Lost> {
@@ -1004,4 +1014,76 @@ fn a_dial_that_does_not_connect_times_out_at_the_dial_timeout() {
         Some(OutEvent::Failed(CloseReason::DialTimeout))
     );
     assert_eq!(conn.phase(), Phase::Closed);
+}
+
+#[test]
+fn no_connection_asks_to_be_woken_in_the_past_once_its_timers_ran() {
+    // Inbound connections of every lane, read from, timers run: the next
+    // deadline is always ahead (a deadline in the past makes the event
+    // loop run its timers on every turn).
+    let c = config();
+    for lane in Lane::ALL {
+        let t0 = Instant::now();
+        let mut conn = InConn::new(&c, t0);
+        let credit = Credit::default();
+        let mut scratch = vec![0u8; c.read_chunk_len];
+        let hello = Hello::new(lane, CLUSTER, 1, 2).encode();
+        let room = conn.read_into(&mut scratch);
+        room[..hello.len()].copy_from_slice(&hello);
+        conn.handle_read(
+            hello.len(),
+            t0,
+            &credit,
+            &mut scratch,
+            &mut Fresh(c.read_chunk_len),
+            &mut |b| assert!(credit.release(b.len(), c.conn_read_cap) || credit.inflight() == 0),
+        );
+        conn.handle_verdict(&Verdict::Accept { from: 1, lane }, t0);
+        let mut now = t0;
+        for i in 1..200u32 {
+            now += MS * (i % 7);
+            let room = conn.read_into(&mut scratch);
+            let hb = crate::wire::heartbeat_frame();
+            room[..hb.len()].copy_from_slice(&hb);
+            conn.handle_read(
+                hb.len(),
+                now,
+                &credit,
+                &mut scratch,
+                &mut Fresh(c.read_chunk_len),
+                &mut |b| {
+                    credit.release(b.len(), c.conn_read_cap);
+                },
+            );
+            now += c.ack_interval;
+            assert_eq!(conn.handle_timeout(now, &credit), None);
+            let next = conn.poll_timeout().unwrap();
+            assert!(
+                next > now,
+                "{lane} lane: wakes at {:?} before now",
+                now - next
+            );
+            write_all(&mut conn, &mut Vec::new(), 4096, now);
+        }
+    }
+    // Dialed connections, snapshot ones included.
+    for lane in Lane::ALL {
+        let now = Instant::now();
+        let mut out = OutConn::new(
+            Hello::new(lane, CLUSTER, 1, 2),
+            addr(1),
+            Timing::of(&c),
+            now,
+        );
+        out.handle_connected(now);
+        out.handle_read(&crate::wire::Response::Accept.encode(), now);
+        let mut t = now;
+        for _ in 0..50 {
+            t += c.heartbeat_interval / 3;
+            out.handle_read(&crate::wire::heartbeat_frame(), t);
+            out.handle_timeout(t);
+            write_all(&mut out, &mut Vec::new(), 4096, t);
+            assert!(out.poll_timeout().unwrap() > t, "{lane} dialer");
+        }
+    }
 }

@@ -570,45 +570,18 @@ impl<M: Message> Reader<M> {
                     break;
                 }
             };
-            match step {
-                SnapStep::Nothing => {}
-                SnapStep::Begin { size, message } => {
-                    match self.snapshot_begin(id, from, size, message, peer)? {
-                        Ok(Some(out)) => {
-                            snap.recv.streaming();
-                            snap.out = Some(out);
-                        }
-                        Ok(None) => snap.recv.finish(),
-                        Err(v) => {
-                            violation = Some(v);
-                            break;
-                        }
-                    }
-                }
-                SnapStep::Chunk => {
-                    let p = frame.payload;
-                    if whole == Some((p.as_ptr(), p.len())) {
-                        // The last frame of this input, so nothing follows
-                        // it in this loop.
-                        whole_chunk = Some(frame.payload_crc);
-                    } else if let Some(out) = &mut snap.out {
-                        let item = SnapItem::Chunk {
-                            buf: p.to_vec(),
-                            start: 0,
-                            crc: frame.payload_crc,
-                        };
-                        flow = out.push(item);
-                    }
-                }
-                SnapStep::End(end) => {
-                    if let Some(out) = &mut snap.out {
-                        // Kept until the end is taken.
-                        flow = out.push(SnapItem::End(end));
-                    }
-                }
-                SnapStep::Inline(buf) => self.inline_end(id, from, peer, buf)?,
-                SnapStep::Refuse(status, failure) => {
-                    self.refuse(id, from, peer, status, failure.as_ref())
+            let p = frame.payload;
+            if step == SnapStep::Chunk && whole == Some((p.as_ptr(), p.len())) {
+                // The last frame of this input, so nothing follows it in
+                // this loop.
+                whole_chunk = Some(frame.payload_crc);
+                continue;
+            }
+            match self.snapshot_step(id, from, peer, &mut snap, step, &frame)? {
+                Ok(f) => flow = f,
+                Err(v) => {
+                    violation = Some(v);
+                    break;
                 }
             }
         }
@@ -631,6 +604,52 @@ impl<M: Message> Reader<M> {
             return Ok(Flow::Go);
         }
         Ok(flow)
+    }
+
+    /// Does what the snapshot receive machine asked after `frame`.
+    fn snapshot_step(
+        &mut self,
+        id: ConnId,
+        from: u64,
+        peer: Option<&PeerShared>,
+        snap: &mut SnapIn,
+        step: SnapStep<'_>,
+        frame: &Frame<'_>,
+    ) -> Result<Result<Flow, ProtocolViolation>, Stopped> {
+        match step {
+            SnapStep::Nothing => {}
+            SnapStep::Begin { size, message } => {
+                match self.snapshot_begin(id, from, size, message, peer)? {
+                    Ok(Some(out)) => {
+                        snap.recv.streaming();
+                        snap.out = Some(out);
+                    }
+                    Ok(None) => snap.recv.finish(),
+                    Err(v) => return Ok(Err(v)),
+                }
+            }
+            SnapStep::Chunk => {
+                if let Some(out) = &mut snap.out {
+                    let item = SnapItem::Chunk {
+                        buf: frame.payload.to_vec(),
+                        start: 0,
+                        crc: frame.payload_crc,
+                    };
+                    return Ok(Ok(out.push(item)));
+                }
+            }
+            SnapStep::End(end) => {
+                if let Some(out) = &mut snap.out {
+                    // Kept until the end is taken.
+                    return Ok(Ok(out.push(SnapItem::End(end))));
+                }
+            }
+            SnapStep::Inline(buf) => self.inline_end(id, from, peer, buf)?,
+            SnapStep::Refuse(status, failure) => {
+                self.refuse(id, from, peer, status, failure.as_ref())
+            }
+        }
+        Ok(Ok(Flow::Go))
     }
 
     /// A streamed snapshot begins: checks its message and the number of

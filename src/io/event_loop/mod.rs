@@ -358,27 +358,23 @@ impl EventLoop {
         returns: PerLane<Sender<Returned>>,
     ) {
         let now = Instant::now();
-        let cfg = &self.config;
-        let mut lanes = Vec::with_capacity(2);
-        for (lane, ret) in [
-            (QueuedLane::Message, returns.message),
-            (QueuedLane::Append, returns.append),
-        ] {
+        let (cfg, timing, seed) = (&self.config, self.timing, &mut self.seed);
+        let mut lane = |lane: QueuedLane, returns| {
+            // Each lane its own jitter, so that lanes do not redial in step.
             let salt = if lane == QueuedLane::Message { id } else { !id };
-            self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15 ^ salt);
+            *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15 ^ salt);
             let hello = Hello::new(lane.lane(), cfg.cluster_id, cfg.node_id, id);
-            let backoff = Backoff::new(cfg.backoff_floor, cfg.backoff_cap, self.seed);
-            lanes.push(LoopLane {
-                link: LaneLink::new(hello, addrs.clone(), backoff, self.timing, now),
-                returns: ret,
-            });
-        }
-        let append = lanes.pop();
-        let message = lanes.pop();
-        if let (Some(message), Some(append)) = (message, append) {
-            let lanes = PerLane { message, append };
-            self.peers.insert(id, LoopPeer { shared, lanes });
-        }
+            let backoff = Backoff::new(cfg.backoff_floor, cfg.backoff_cap, *seed);
+            LoopLane {
+                link: LaneLink::new(hello, addrs.clone(), backoff, timing, now),
+                returns,
+            }
+        };
+        let lanes = PerLane {
+            message: lane(QueuedLane::Message, returns.message),
+            append: lane(QueuedLane::Append, returns.append),
+        };
+        self.peers.insert(id, LoopPeer { shared, lanes });
         self.next_timer = now;
     }
 
@@ -555,10 +551,10 @@ impl EventLoop {
     // ----- timers -----
 
     fn run_timers(&mut self, now: Instant) {
+        self.next_timer = now + MAX_SLEEP;
         if std::mem::take(&mut self.accept_retry) {
             self.accept_all();
         }
-        self.next_timer = now + MAX_SLEEP;
         let lanes: Vec<(u64, QueuedLane)> = self
             .peers
             .keys()
