@@ -42,6 +42,8 @@ pub(crate) enum SnapshotFailure {
     TooSlow(Duration),
     /// The transport stopped.
     Stopped,
+    /// No thread could be started to send it.
+    NoThread(io::ErrorKind),
     // ----- receiving -----
     /// More data than announced.
     TooLong { size: u64 },
@@ -119,6 +121,7 @@ impl fmt::Display for SnapshotFailure {
             SnapshotFailure::NoProgress(d) => write!(f, "no progress for {d:?}"),
             SnapshotFailure::TooSlow(d) => write!(f, "took longer than {d:?}"),
             SnapshotFailure::Stopped => f.write_str("transport stopped"),
+            SnapshotFailure::NoThread(e) => write!(f, "cannot start a snapshot thread: {e}"),
             SnapshotFailure::TooLong { size } => {
                 write!(f, "more data than the announced {size} bytes")
             }

@@ -89,7 +89,8 @@ pub(crate) enum Incident<'a> {
     /// A snapshot to the peer failed.
     SnapshotSendFailed {
         to: u64,
-        size: u64,
+        /// Bytes of data, where known.
+        size: Option<u64>,
         failure: &'a SnapshotFailure,
     },
     /// A snapshot from `from` arrived whole and verified.
@@ -243,8 +244,9 @@ impl Accounts {
             Incident::SnapshotSendFailed { to, size, failure } => {
                 c.snapshots_send_failed.fetch_add(1, Relaxed);
                 c.set_last_error(format!("snapshot to node {to} failed: {failure}"));
+                let of = size.map_or_else(String::new, |n| format!(" of {n} bytes"));
                 warn!(
-                    "node {}: snapshot of {size} bytes to node {to} failed: {failure}",
+                    "node {}: snapshot{of} to node {to} failed: {failure}",
                     self.node_id
                 );
                 if let SnapshotFailure::Connection(reason) = failure {

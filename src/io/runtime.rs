@@ -13,13 +13,13 @@ use super::shared::Shared;
 use super::snapshot_send::{SendJob, run_sender};
 use super::writer::{Writer, WriterCtx};
 use crate::config::Config;
+use crate::conn::snapshot::SnapshotFailure;
 use crate::error::{Error, SendError};
 use crate::lanes::{PerLane, QueuedLane};
 use crate::message::Message;
 use crate::reporter::Reporter;
 use crate::snapshot::IncomingSnapshot;
 use crossbeam_channel::{Receiver, Sender};
-use log::warn;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -407,6 +407,7 @@ impl<M: Message> Runtime<M> {
             stop: self.stop_rx.clone(),
             outgoing: self.outgoing_snapshots.clone(),
         };
+        let shared = job.peer.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("raftwire{}-snap{to}", self.instance))
             .spawn(move || {
@@ -422,14 +423,15 @@ impl<M: Message> Runtime<M> {
             Ok(t) => threads.push(t),
             Err(e) => {
                 self.outgoing_snapshots.fetch_sub(1, AcqRel);
-                warn!(
-                    "node {}: cannot start a snapshot thread: {e}",
-                    self.shared.config.node_id
-                );
-                self.shared.accounts.notify(Notice::Snapshot(
+                let failure = SnapshotFailure::NoThread(e.kind());
+                let failed = Incident::SnapshotSendFailed {
                     to,
-                    crate::reporter::SnapshotStatus::Failure,
-                ));
+                    size: None,
+                    failure: &failure,
+                };
+                self.shared.accounts.note(Some(&shared), failed);
+                let failure = crate::reporter::SnapshotStatus::Failure;
+                self.shared.accounts.notify(Notice::Snapshot(to, failure));
             }
         }
     }

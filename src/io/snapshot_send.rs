@@ -62,7 +62,11 @@ pub(crate) fn run_sender(mut job: SendJob) {
             SnapshotStatus::Finish
         }
         Err(failure) => {
-            let failed = Incident::SnapshotSendFailed { to, size, failure };
+            let failed = Incident::SnapshotSendFailed {
+                to,
+                size: Some(size),
+                failure,
+            };
             job.accounts.note(Some(&job.peer), failed);
             SnapshotStatus::Failure
         }
