@@ -25,6 +25,7 @@ pub(crate) mod receive;
 pub(crate) mod snapshot;
 #[cfg(test)]
 mod tests;
+pub(crate) mod turns;
 
 use crate::config::Config;
 use std::collections::VecDeque;

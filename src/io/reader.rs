@@ -22,6 +22,7 @@ use crate::conn::accept::{Acceptor, HelloBuf, Verdict};
 use crate::conn::inbound::Credit;
 use crate::conn::receive::{SnapLimits, SnapRecv, SnapStep, check_addresses, lane_frame};
 use crate::conn::snapshot::SnapshotFailure;
+use crate::conn::turns::{Class, Lines};
 use crate::error::{CloseReason, ProtocolViolation};
 use crate::message::{Message, MessageClass};
 use crate::reporter::Reporter;
@@ -109,6 +110,16 @@ impl SnapIn {
     }
 }
 
+impl Incoming {
+    /// How urgent the connection's frames are.
+    fn class(&self) -> Class {
+        match self.state {
+            State::Open { lane, .. } => Class::of(Some(lane)),
+            _ => Class::Urgent,
+        }
+    }
+}
+
 /// One inbound connection, reader side.
 struct Incoming {
     peer_addr: Option<SocketAddr>,
@@ -152,7 +163,8 @@ pub(crate) struct Reader<M: Message> {
     incoming_snapshots: Arc<AtomicUsize>,
     stop: Receiver<()>,
     conns: HashMap<ConnId, Incoming>,
-    ready: VecDeque<ConnId>,
+    /// Connections with work: message lanes first (`conn::turns::Lines`).
+    ready: Lines,
 }
 
 /// The channels the reader delivers into.
@@ -198,7 +210,7 @@ impl<M: Message> Reader<M> {
             incoming_snapshots: Arc::new(AtomicUsize::new(0)),
             stop,
             conns: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: Lines::default(),
             shared,
         }
     }
@@ -228,7 +240,7 @@ impl<M: Message> Reader<M> {
             if !self.held.is_empty() && self.release_held().is_err() {
                 return;
             }
-            if let Some(id) = self.ready.pop_front() {
+            if let Some(id) = self.ready.pop() {
                 if self.serve(id).is_err() {
                     return;
                 }
@@ -236,12 +248,13 @@ impl<M: Message> Reader<M> {
         }
     }
 
-    /// Puts a connection in line to be served (once).
+    /// Puts a connection in line to be served (once): message lanes are
+    /// served before append lanes and snapshots.
     fn wake(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(&id) {
             if !c.queued {
                 c.queued = true;
-                self.ready.push_back(id);
+                self.ready.push(id, c.class());
             }
         }
     }
@@ -380,7 +393,7 @@ impl<M: Message> Reader<M> {
         }
         if !c.chunks.is_empty() {
             c.queued = true;
-            self.ready.push_back(id);
+            self.ready.push(id, c.class());
         } else if let Some(reason) = c.closed.take() {
             self.finish(&c, reason);
             // Let a newer connection of the same sender and lane go on.

@@ -131,8 +131,13 @@ impl Streamer {
     }
 
     /// Handles the events that came, without waiting; a verdict before the
-    /// end is a failure.
-    fn handle_waiting(&mut self) -> Result<(), SnapshotFailure> {
+    /// end is a failure. Also where a sender that never has to wait (the
+    /// connection takes its chunks as fast as they are read) notices that
+    /// the transport is stopping: `stop` waits for at most one chunk.
+    fn handle_waiting(&mut self, job: &SendJob) -> Result<(), SnapshotFailure> {
+        if let Err(crossbeam_channel::TryRecvError::Disconnected) = job.stop.try_recv() {
+            return Err(SnapshotFailure::Stopped);
+        }
         while let Ok(e) = self.events.try_recv() {
             if let Some(status) = self.handle(e)? {
                 return Err(SnapshotFailure::Refused(status));
@@ -178,7 +183,7 @@ impl Streamer {
                     return Err(SnapshotFailure::Refused(status));
                 }
             }
-            self.handle_waiting()?;
+            self.handle_waiting(job)?;
             let mut frame = self
                 .spare
                 .pop()

@@ -7,6 +7,7 @@ use super::{EventLoop, Owner, Sock, deregister};
 use crate::conn::ConnId;
 use crate::conn::accept::Verdict;
 use crate::conn::inbound::{Admission, Credit, InConn};
+use crate::conn::turns::Ready;
 use crate::error::CloseReason;
 use crate::io::account::Incident;
 use crate::io::channels::ReaderMsg;
@@ -33,7 +34,7 @@ impl EventLoop {
         let replaced = self.inbounds.handle_verdict(conn, &verdict, now);
         let at = self.inbounds.get_mut(conn).and_then(|c| c.poll_timeout());
         self.schedule(at);
-        self.dirty.push(conn);
+        self.mark(conn, Ready::WRITE);
         if let Some(old) = replaced {
             self.close_inbound(old, CloseReason::Replaced);
         }
@@ -65,7 +66,10 @@ impl EventLoop {
         let _ = self.reader_tx.send(ReaderMsg::Closed { conn: id, reason });
     }
 
-    pub(super) fn read_inbound(&mut self, id: ConnId) {
+    /// Reads inbound connection `id` until the socket would block, its read
+    /// credit runs out, or `budget` bytes are read (then it is read again
+    /// next turn).
+    pub(super) fn read_inbound(&mut self, id: ConnId, budget: usize) {
         let Some(Sock {
             stream,
             credit: Some(credit),
@@ -78,7 +82,13 @@ impl EventLoop {
             return;
         };
         let reader_tx = &self.reader_tx;
+        let mut read = 0usize;
+        let mut more = false;
         let outcome = loop {
+            if read >= budget {
+                more = true;
+                break None;
+            }
             if !c.wants_read(credit) {
                 break None;
             }
@@ -95,16 +105,19 @@ impl EventLoop {
             }
             match r {
                 Ok(0) => break Some(CloseReason::Eof),
-                Ok(n) => c.handle_read(
-                    n,
-                    Instant::now(),
-                    credit,
-                    &mut self.scratch,
-                    &mut self.pools,
-                    &mut |bytes| {
-                        let _ = reader_tx.send(ReaderMsg::Data { conn: id, bytes });
-                    },
-                ),
+                Ok(n) => {
+                    read += n;
+                    c.handle_read(
+                        n,
+                        Instant::now(),
+                        credit,
+                        &mut self.scratch,
+                        &mut self.pools,
+                        &mut |bytes| {
+                            let _ = reader_tx.send(ReaderMsg::Data { conn: id, bytes });
+                        },
+                    )
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Some(stream.close_reason(&e)),
@@ -112,6 +125,9 @@ impl EventLoop {
         };
         let at = c.poll_timeout();
         self.schedule(at);
+        if more {
+            self.turns.again(id, Ready::READ);
+        }
         if let Some(reason) = outcome {
             self.close_inbound(id, reason);
         }

@@ -8,6 +8,7 @@ use super::{EventLoop, Owner, SnapOut, Sock, UNREACHABLE, deregister, give_back}
 use crate::conn::link::LinkEvent;
 use crate::conn::outbound::{Dialer, OutConn, OutEvent, Phase};
 use crate::conn::snapshot::SnapshotFailure;
+use crate::conn::turns::{Class, Ready};
 use crate::conn::{ConnId, Transmit};
 use crate::error::{CloseReason, DropReason};
 use crate::io::account::Incident;
@@ -36,7 +37,7 @@ impl EventLoop {
                 let (at, conn) = (l.link.poll_timeout(), l.link.conn());
                 if let Some((id, c)) = conn {
                     if !c.outbox().is_empty() {
-                        self.dirty.push(id);
+                        self.mark(id, Ready::WRITE);
                     }
                 }
                 self.schedule(at);
@@ -93,7 +94,7 @@ impl EventLoop {
         while let Some(s) = self.snaps.get_mut(&snap) {
             let Some(event) = s.core.poll_event() else {
                 if !s.core.outbox().is_empty() {
-                    self.dirty.push(s.conn);
+                    self.turns.push(s.conn, Class::Bulk, Ready::WRITE);
                 }
                 let at = s.core.poll_timeout();
                 self.schedule(at);
@@ -211,7 +212,7 @@ impl EventLoop {
     }
 
     /// A writable (or error) event: completes a connect, then flushes.
-    pub(super) fn writable(&mut self, id: ConnId) {
+    pub(super) fn writable(&mut self, id: ConnId, budget: usize) {
         let Some(owner) = self.socks.get(&id).map(|s| s.owner) else {
             return;
         };
@@ -230,7 +231,7 @@ impl EventLoop {
             }
             self.dialer_events(owner);
         }
-        self.flush(id);
+        self.flush(id, budget);
     }
 
     /// Reads a dialed connection until it would block, feeding its machine.

@@ -18,6 +18,7 @@ use crate::conn::inbound::{Credit, Inbounds};
 use crate::conn::link::{Backoff, LaneLink, Queued};
 use crate::conn::outbound::OutConn;
 use crate::conn::snapshot::SnapshotFailure;
+use crate::conn::turns::{Class, Ready, Turns};
 use crate::conn::{Batch, ConnId, Timing, Transmit};
 use crate::error::{CloseReason, DropReason};
 use crate::lanes::{PerLane, QueuedLane};
@@ -42,6 +43,9 @@ const UNREACHABLE: Option<DropReason> = Some(DropReason::Unreachable);
 const MAX_IOV: usize = 64;
 /// Longest the loop sleeps without a timer due (a safety net, not a tick).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Bytes a bulk connection (an append lane, a snapshot) may read or write
+/// in one turn of the loop before the next turn's urgent traffic.
+const BULK_SLICE: usize = 256 << 10;
 
 /// Whose machine a socket feeds.
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +113,10 @@ pub(crate) struct EventLoop {
     /// An accept failed (e.g. out of file descriptors): retry from the timers.
     accept_retry: bool,
     scratch: Vec<u8>,
-    dirty: Vec<ConnId>,
+    /// Which connections the next turn serves, and how much bulk work
+    /// each may do.
+    turns: Turns,
+    turn: Vec<(ConnId, Class, Ready)>,
     next_timer: Instant,
     seed: u64,
     stopping: bool,
@@ -119,20 +126,27 @@ pub(crate) struct EventLoop {
     tls: Option<Arc<crate::tls::TlsContext>>,
 }
 
-/// Writes what `core` has queued until the socket would block.
+/// Writes what `core` has queued until the socket would block, or until
+/// `budget` bytes are written: `Ok(true)` when output is left for the next
+/// turn.
 fn write_out(
     stream: &mut Stream,
     core: &mut dyn Transmit,
     now: Instant,
+    budget: usize,
     done: &mut dyn FnMut(Batch),
-) -> Result<(), CloseReason> {
+) -> Result<bool, CloseReason> {
     if !core.can_write() {
-        return Ok(());
+        return Ok(false);
     }
     stream
         .flush_pending()
         .map_err(|e| stream.close_reason(&e))?;
+    let mut written = 0usize;
     while !core.outbox().is_empty() {
+        if written >= budget {
+            return Ok(true);
+        }
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = core.outbox().slices(&mut iov);
         let r = if n == 0 {
@@ -144,13 +158,16 @@ fn write_out(
             }
         };
         match r {
-            Ok(k) => core.handle_written(k, now, done),
+            Ok(k) => {
+                written += k;
+                core.handle_written(k, now, done)
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(stream.close_reason(&e)),
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Hands a batch back to its writer. The return channel has room for every
@@ -204,7 +221,8 @@ impl EventLoop {
             peers: PeerMap::default(),
             snaps: HashMap::new(),
             accept_retry: false,
-            dirty: Vec::new(),
+            turns: Turns::new(BULK_SLICE),
+            turn: Vec::new(),
             next_timer: Instant::now(),
             seed,
             stopping: false,
@@ -229,10 +247,15 @@ impl EventLoop {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self
-                .next_timer
-                .saturating_duration_since(Instant::now())
-                .min(MAX_SLEEP);
+            // A turn with work left (bulk slices, queued output) is served
+            // at once: look for new readiness, but do not sleep.
+            let timeout = if self.turns.is_pending() {
+                Duration::ZERO
+            } else {
+                self.next_timer
+                    .saturating_duration_since(Instant::now())
+                    .min(MAX_SLEEP)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -245,12 +268,11 @@ impl EventLoop {
                     WAKER => self.wake_pending.store(false, Release),
                     LISTENER => self.accept_all(),
                     Token(id) => {
-                        if ev.is_writable() || ev.is_error() {
-                            self.writable(id);
-                        }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(id);
-                        }
+                        let ready = Ready {
+                            read: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                            write: ev.is_writable() || ev.is_error(),
+                        };
+                        self.mark(id, ready);
                     }
                 }
             }
@@ -258,7 +280,7 @@ impl EventLoop {
             if self.stopping {
                 break;
             }
-            self.flush_dirty();
+            self.serve_turn();
             if Instant::now() >= self.next_timer {
                 self.run_timers(Instant::now());
             }
@@ -269,6 +291,42 @@ impl EventLoop {
         }
         self.shutdown();
         self.accounts.global.connections.store(0, Relaxed);
+    }
+
+    /// Connection `id` is ready (or has output queued): it is served in
+    /// the next turn, urgent connections before bulk ones.
+    fn mark(&mut self, id: ConnId, ready: Ready) {
+        let class = self.class(id);
+        self.turns.push(id, class, ready);
+    }
+
+    /// How urgent a connection's traffic is.
+    fn class(&mut self, id: ConnId) -> Class {
+        match self.socks.get(&id).map(|s| s.owner) {
+            Some(Owner::Lane(_, QueuedLane::Append) | Owner::Snapshot(_)) => Class::Bulk,
+            Some(Owner::Inbound) => {
+                let lane = self.inbounds.get_mut(id).and_then(|c| c.accepted());
+                Class::of(lane.map(|(_, l)| l))
+            }
+            _ => Class::Urgent,
+        }
+    }
+
+    /// Serves one turn: urgent connections first, then bulk ones, each
+    /// within its budget.
+    fn serve_turn(&mut self) {
+        let mut turn = std::mem::take(&mut self.turn);
+        self.turns.take_turn(&mut turn);
+        for &(id, class, ready) in &turn {
+            let budget = self.turns.budget(class);
+            if ready.write {
+                self.writable(id, budget);
+            }
+            if ready.read {
+                self.read(id, budget);
+            }
+        }
+        self.turn = turn;
     }
 
     /// Makes sure the timers run no later than `at`.
@@ -311,7 +369,7 @@ impl EventLoop {
                 LoopCmd::ResumeRead { conn } => {
                     if let Some(c) = self.inbounds.get_mut(conn) {
                         c.handle_resume();
-                        self.read(conn);
+                        self.mark(conn, Ready::READ);
                     }
                 }
                 LoopCmd::OpenSnapshot { snap, peer, events } => {
@@ -320,7 +378,7 @@ impl EventLoop {
                 LoopCmd::SnapshotData { snap, batch } => {
                     if let Some(s) = self.snaps.get_mut(&snap) {
                         s.core.queue_batch(batch, now);
-                        self.dirty.push(s.conn);
+                        self.turns.push(s.conn, Class::Bulk, Ready::WRITE);
                     }
                 }
                 LoopCmd::CloseSnapshot { snap } => {
@@ -331,7 +389,7 @@ impl EventLoop {
                 LoopCmd::SnapshotAck { conn, status } => {
                     if let Some(c) = self.inbounds.get_mut(conn) {
                         c.queue_snapshot_ack(status, now);
-                        self.dirty.push(conn);
+                        self.mark(conn, Ready::WRITE);
                     }
                 }
                 #[cfg(feature = "tls")]
@@ -429,7 +487,7 @@ impl EventLoop {
         };
         let l = &mut p.lanes[lane];
         match l.link.queue_batch(batch, now) {
-            Queued::OnConn(id) => self.dirty.push(id),
+            Queued::OnConn(id) => self.mark(id, Ready::WRITE),
             Queued::Held => {
                 let at = l.link.poll_timeout();
                 self.schedule(at);
@@ -455,9 +513,9 @@ impl EventLoop {
         }
     }
 
-    fn read(&mut self, id: ConnId) {
+    fn read(&mut self, id: ConnId, budget: usize) {
         match self.socks.get(&id).map(|s| s.owner) {
-            Some(Owner::Inbound) => self.read_inbound(id),
+            Some(Owner::Inbound) => self.read_inbound(id, budget),
             Some(owner) => {
                 self.read_outbound(id, owner);
                 self.dialer_events(owner);
@@ -489,19 +547,8 @@ impl EventLoop {
 
     // ----- writing -----
 
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for id in dirty.drain(..) {
-            self.flush(id);
-        }
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
-    }
-
-    fn flush(&mut self, id: ConnId) {
+    /// Writes what connection `id` has queued, at most `budget` bytes.
+    fn flush(&mut self, id: ConnId, budget: usize) {
         let now = Instant::now();
         let Some(sock) = self.socks.get_mut(&id) else {
             return;
@@ -515,7 +562,7 @@ impl EventLoop {
                 let Some((_, conn)) = l.link.conn_mut() else {
                     return;
                 };
-                let r = write_out(&mut sock.stream, conn, now, &mut |b| {
+                let r = write_out(&mut sock.stream, conn, now, budget, &mut |b| {
                     give_back(returns, b, None)
                 });
                 (r, conn.poll_timeout())
@@ -525,7 +572,7 @@ impl EventLoop {
                     return;
                 };
                 let events = &s.events;
-                let r = write_out(&mut sock.stream, &mut s.core, now, &mut |b| {
+                let r = write_out(&mut sock.stream, &mut s.core, now, budget, &mut |b| {
                     let _ = events.send(SnapEvent::Written(b.buf));
                 });
                 (r, s.core.poll_timeout())
@@ -534,17 +581,19 @@ impl EventLoop {
                 let Some(c) = self.inbounds.get_mut(id) else {
                     return;
                 };
-                let r = write_out(&mut sock.stream, c, now, &mut |_| {});
+                let r = write_out(&mut sock.stream, c, now, budget, &mut |_| {});
                 let r = match (r, c.done_closing(sock.stream.has_pending())) {
-                    (Ok(()), Some(reason)) => Err(reason),
+                    (Ok(false), Some(reason)) => Err(reason),
                     (r, _) => r,
                 };
                 (r, c.poll_timeout())
             }
         };
         self.schedule(at);
-        if let Err(reason) = result {
-            self.fail_conn(id, reason);
+        match result {
+            Ok(true) => self.turns.again(id, Ready::WRITE),
+            Ok(false) => {}
+            Err(reason) => self.fail_conn(id, reason),
         }
     }
 
@@ -587,7 +636,8 @@ impl EventLoop {
                 Some(reason) => closes.push((id, reason)),
                 None => {
                     if !c.outbox().is_empty() {
-                        self.dirty.push(id);
+                        let lane = c.accepted().map(|(_, l)| l);
+                        self.turns.push(id, Class::of(lane), Ready::WRITE);
                     }
                     if let Some(at) = c.poll_timeout() {
                         self.next_timer = self.next_timer.min(at);
@@ -598,7 +648,6 @@ impl EventLoop {
         for (id, reason) in closes {
             self.close_inbound(id, reason);
         }
-        self.flush_dirty();
         // Anything scheduled by the failures and dials above.
         if self.next_timer < now {
             self.next_timer = now;
