@@ -1,6 +1,7 @@
 //! The transport benchmarks of BENCH.md: W1, W2, W3-idle, W3-load, W4 and
 //! the raw-TCP baseline (RAW), plus a throughput-vs-payload-size curve for
-//! raftwire and RAW. BENCHMARKS.md has the method and the results.
+//! raftwire and RAW; with the `raft-rs` feature, W1 also with raft-rs's
+//! `MsgAppend` (`w1-raft`). BENCHMARKS.md has the method and the results.
 //!
 //! ```text
 //! cargo bench --bench transport -- [--runs N] [--quick] [--only LIST]
@@ -32,14 +33,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
-
-/// W1's message: BENCH.md asks for a raft `MsgAppend` with one 128-byte
-/// entry where the raft-rs feature is on, an `Envelope` otherwise. Every
-/// other workload sends `Envelope`s.
-#[cfg(feature = "raft-rs")]
-pub type W1Msg = raft::eraftpb::Message;
-#[cfg(not(feature = "raft-rs"))]
-pub type W1Msg = Envelope;
 
 /// Payload sizes of the throughput-vs-size curve.
 pub const CURVE_SIZES: [usize; 6] = [64, 512, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
@@ -174,7 +167,10 @@ impl Pilot {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
+    /// W1 with `Envelope`s.
     W1,
+    /// W1 with raft-rs `MsgAppend`s of one entry (feature `raft-rs`).
+    W1Raft,
     W2,
     W3Idle,
     W3Load,
@@ -187,6 +183,7 @@ impl Workload {
     pub fn name(self) -> String {
         match self {
             Workload::W1 => "w1".into(),
+            Workload::W1Raft => "w1-raft".into(),
             Workload::W2 => "w2".into(),
             Workload::W3Idle => "w3-idle".into(),
             Workload::W3Load => "w3-load".into(),
@@ -224,7 +221,9 @@ impl Job {
             run: Run::Fixed { warmup, count },
         };
         let plan = match self.workload {
-            Workload::W1 => fixed(scale.w1_payload, scale.w1_warmup, scale.w1_count),
+            Workload::W1 | Workload::W1Raft => {
+                fixed(scale.w1_payload, scale.w1_warmup, scale.w1_count)
+            }
             Workload::W2 => fixed(scale.w2_payload, scale.w2_warmup, scale.w2_count),
             Workload::Curve(size) => Plan {
                 payload_len: size,
@@ -240,37 +239,42 @@ impl Job {
         };
         match (self.imp, self.workload) {
             (raw_tcp::IMPL, _) => raw_tcp::run(&w, &plan)?,
-            (imp, Workload::W1) => pair::throughput::<W1Msg>(imp, &w, &plan)?,
+            #[cfg(feature = "raft-rs")]
+            (imp, Workload::W1Raft) => pair::throughput::<raft::eraftpb::Message>(imp, &w, &plan)?,
+            #[cfg(not(feature = "raft-rs"))]
+            (_, Workload::W1Raft) => return Err("w1-raft needs the raft-rs feature".into()),
             (imp, _) => pair::throughput::<Envelope>(imp, &w, &plan)?,
         }
         Ok(())
     }
 }
 
-/// Every job, in the order one run executes them.
+/// Every job, in the order one run executes them: for each workload RAW,
+/// then raftwire (plain, then TLS).
 fn all_jobs() -> Vec<Job> {
-    let rw = |workload| Job {
-        imp: pair::IMPL,
-        workload,
-    };
-    let raw = |workload| Job {
-        imp: raw_tcp::IMPL,
-        workload,
-    };
-    #[cfg(feature = "tls")]
-    let tls = |workload| {
-        vec![Job {
-            imp: pair::IMPL_TLS,
-            workload,
-        }]
-    };
-    #[cfg(not(feature = "tls"))]
-    let tls = |_: Workload| Vec::<Job>::new();
-    let mut jobs = vec![raw(Workload::W1), rw(Workload::W1)];
-    jobs.extend(tls(Workload::W1));
-    jobs.extend([raw(Workload::W2), rw(Workload::W2)]);
-    jobs.extend(tls(Workload::W2));
-    jobs.extend([rw(Workload::W3Idle), rw(Workload::W3Load), rw(Workload::W4)]);
+    let job = |imp, workload| Job { imp, workload };
+    let rw = |workload| job(pair::IMPL, workload);
+    let raw = |workload| job(raw_tcp::IMPL, workload);
+    let tls = |workload| job(pair::IMPL_TLS, workload);
+    let mut jobs = Vec::new();
+    for w in [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3Idle,
+        Workload::W3Load,
+        Workload::W4,
+    ] {
+        if matches!(w, Workload::W1 | Workload::W2) {
+            jobs.push(raw(w));
+        }
+        jobs.push(rw(w));
+        if w == Workload::W1 && cfg!(feature = "raft-rs") {
+            jobs.push(rw(Workload::W1Raft));
+        }
+        if matches!(w, Workload::W1 | Workload::W2) && cfg!(feature = "tls") {
+            jobs.push(tls(w));
+        }
+    }
     for size in CURVE_SIZES {
         jobs.push(raw(Workload::Curve(size)));
         jobs.push(rw(Workload::Curve(size)));
@@ -560,12 +564,22 @@ fn wait_quiet(limit: Option<Duration>) -> f64 {
 fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()> {
     let header = match &args.from {
         Some(path) => format!("results read from {path}"),
-        None => format!(
-            "{} UTC, {cores} cores, W1 message: {}{}",
-            report::utc_now(),
-            <W1Msg as pair::BenchMsg>::NAME,
-            if args.quick { ", QUICK sizes" } else { "" }
-        ),
+        None => {
+            let mut h = format!(
+                "{} UTC, {cores} cores; w1: {}",
+                report::utc_now(),
+                <Envelope as pair::BenchMsg>::NAME
+            );
+            #[cfg(feature = "raft-rs")]
+            h.push_str(&format!(
+                ", w1-raft: {}",
+                <raft::eraftpb::Message as pair::BenchMsg>::NAME
+            ));
+            if args.quick {
+                h.push_str("; QUICK sizes (not BENCH.md)");
+            }
+            h
+        }
     };
     let mut table = report::markdown(aggs);
     if let Some(before) = report::against(aggs) {

@@ -167,6 +167,11 @@ const fn vs_raw(workload: &'static str, metric: &'static str, target: Target) ->
     row(workload, metric, Some((workload, metric)), target)
 }
 
+/// A row of W1 with raft-rs messages, compared with RAW's W1.
+const fn raft_w1(metric: &'static str, target: Target) -> Row {
+    row("w1-raft", metric, Some(("w1", metric)), target)
+}
+
 /// A row with no RAW figure.
 const fn own(workload: &'static str, metric: &'static str, target: Target) -> Row {
     row(workload, metric, None, target)
@@ -177,6 +182,10 @@ const ROWS: &[Row] = &[
     vs_raw("w1", "payload_MBps", Target::None),
     vs_raw("w1", "cpu_us_per_msg", Target::AtMost(0.25, "µs")),
     vs_raw("w1", "dropped", Target::AtMost(0.0, "")),
+    raft_w1("msgs_per_s", Target::RatioAtLeast(0.30)),
+    raft_w1("payload_MBps", Target::None),
+    raft_w1("cpu_us_per_msg", Target::AtMost(0.25, "µs")),
+    own("w1-raft", "dropped", Target::AtMost(0.0, "")),
     vs_raw("w2", "payload_MBps", Target::RatioAtLeast(0.80)),
     vs_raw("w2", "msgs_per_s", Target::None),
     vs_raw("w2", "cpu_us_per_msg", Target::RatioAtMost(1.5)),
@@ -252,13 +261,13 @@ pub fn markdown(aggs: &[Agg]) -> String {
             Some((w, _)) if borrowed => format!("{} (RAW {w})", cell(base)),
             _ => cell(base),
         };
+        let of_raw = match r.raw {
+            Some((w, _)) if borrowed => format!(" {}", w.to_uppercase()),
+            _ => String::new(),
+        };
         let (target, status) = match r.target {
             Target::RatioAtLeast(x) => (
-                format!(
-                    "≥ {:.0} % of RAW{}",
-                    x * 100.0,
-                    if borrowed { " W2" } else { "" }
-                ),
+                format!("≥ {:.0} % of RAW{of_raw}", x * 100.0),
                 ratio.map(|q| q >= x),
             ),
             Target::RatioAtMost(x) => (format!("≤ {x}× RAW (per byte)"), ratio.map(|q| q <= x)),
