@@ -1,22 +1,27 @@
 //! The transport benchmarks of BENCH.md: W1, W2, W3-idle, W3-load, W4 and
 //! the raw-TCP baseline (RAW), plus a throughput-vs-payload-size curve for
-//! raftwire and RAW; with the `raft-rs` feature, W1 also with raft-rs's
-//! `MsgAppend` (`w1-raft`). BENCHMARKS.md has the method and the results.
+//! raftwire and RAW; the same workloads on the Go peers (etcd rafthttp,
+//! hashicorp/raft, raw Go TCP) when `peerbench` can be built; and, with the
+//! `raft-rs` feature, W1 with raft-rs's `MsgAppend` (`w1-raft`).
+//! BENCHMARKS.md has the method and the results.
 //!
 //! ```text
 //! cargo bench --bench transport -- [--runs N] [--quick] [--only LIST]
 //!     [--json FILE] [--markdown FILE] [--svg FILE] [--quiet-wait SECS]
 //!     [--from FILE] [--list] [--against BIN]
+//!     [--no-peers] [--peers DIR] [--peerbench BIN]
 //! ```
 //!
 //! The parent process runs every measurement in a fresh child process (this
-//! same executable with `--child JOB`), run after run, interleaving raftwire
-//! and RAW so that machine noise falls on both. Each child prints its raw
-//! values; the parent reports the median of the runs with min and max as
-//! BENCH.md's JSON lines (stdout, and `--json FILE`), then a Markdown table
-//! with every raftwire figure as a ratio to RAW from the same invocation and
-//! BENCH.md's targets (stdout, and `--markdown FILE`), and draws the curve
-//! (`--svg FILE`). `--from FILE` redraws table and plot from saved JSON
+//! same executable with `--child JOB`, or `peerbench` for a peer's job),
+//! run after run, interleaving raftwire, RAW and the peers so that machine
+//! noise falls on all. Each child prints its raw values; the parent reports
+//! the median of the runs with min and max as BENCH.md's JSON lines
+//! (stdout, and `--json FILE`), then Markdown tables (stdout, and
+//! `--markdown FILE`): raftwire against the peers and RAW first, then every
+//! raftwire figure as a ratio to RAW from the same invocation with
+//! BENCH.md's targets, and draws the curve with the peers' W1/W2 points
+//! (`--svg FILE`). `--from FILE` redraws tables and plot from saved JSON
 //! lines without measuring. `--against BIN` also runs every raftwire job
 //! with another build of this benchmark (say, the previous commit's), in
 //! the same invocation, alternating which goes first, and adds a table of
@@ -24,6 +29,7 @@
 
 mod common;
 mod pair;
+mod peers;
 mod raw_tcp;
 mod report;
 mod svg;
@@ -213,6 +219,16 @@ impl Job {
         format!("{}:{}", self.imp, self.workload.name())
     }
 
+    /// A job of one of the Go peers, run by peerbench, not by this binary.
+    fn is_peer(self) -> bool {
+        peers::is_peer(self.imp)
+    }
+
+    /// A job of raftwire's (plain or TLS), which `--against` runs twice.
+    fn is_raftwire(self) -> bool {
+        self.imp != raw_tcp::IMPL && !self.is_peer()
+    }
+
     /// Runs the measurement in this process (the child's side).
     fn run(self, scale: &Scale) -> Result<(), Box<dyn std::error::Error>> {
         let w = self.workload.name();
@@ -220,6 +236,9 @@ impl Job {
             payload_len,
             run: Run::Fixed { warmup, count },
         };
+        if self.is_peer() {
+            return Err(format!("{} runs in peerbench, not here", self.name()).into());
+        }
         let plan = match self.workload {
             Workload::W1 | Workload::W1Raft => {
                 fixed(scale.w1_payload, scale.w1_warmup, scale.w1_count)
@@ -250,7 +269,7 @@ impl Job {
 }
 
 /// Every job, in the order one run executes them: for each workload RAW,
-/// then raftwire (plain, then TLS).
+/// raftwire (plain, then TLS), then the Go peers.
 fn all_jobs() -> Vec<Job> {
     let job = |imp, workload| Job { imp, workload };
     let rw = |workload| job(pair::IMPL, workload);
@@ -274,6 +293,7 @@ fn all_jobs() -> Vec<Job> {
         if matches!(w, Workload::W1 | Workload::W2) && cfg!(feature = "tls") {
             jobs.push(tls(w));
         }
+        jobs.extend(peers::jobs_for(w).iter().map(|&imp| job(imp, w)));
     }
     for size in CURVE_SIZES {
         jobs.push(raw(Workload::Curve(size)));
@@ -297,11 +317,16 @@ struct Args {
     quiet_wait: Option<Duration>,
     /// Another build of this benchmark to compare with, job by job.
     against: Option<String>,
+    /// Leave out the Go peers.
+    no_peers: bool,
+    /// Where peerbench comes from.
+    peers: peers::Source,
 }
 
 const USAGE: &str = "usage: cargo bench --bench transport -- [--runs N] [--quick] \
 [--only w1,w2,w3,curve,raw-tcp,...] [--json FILE] [--markdown FILE] [--svg FILE] \
-[--quiet-wait SECS] [--from FILE] [--list] [--against BIN]";
+[--quiet-wait SECS] [--from FILE] [--list] [--against BIN] [--no-peers] [--peers DIR] \
+[--peerbench BIN]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -331,6 +356,9 @@ fn parse_args() -> Result<Args, String> {
             "--child" => a.child = Some(value("--child")?),
             "--against" => a.against = Some(value("--against")?),
             "--list" => a.list = true,
+            "--no-peers" => a.no_peers = true,
+            "--peers" => a.peers.dir = Some(value("--peers")?),
+            "--peerbench" => a.peers.bin = Some(value("--peerbench")?),
             "--quiet-wait" => {
                 let secs: f64 = value("--quiet-wait")?
                     .parse()
@@ -385,7 +413,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    match parent(&args, &jobs) {
+    match parent(&args, &jobs, &scale) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -395,13 +423,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether the Go peers' jobs run: the peerbench binary, or why not (for
+/// stderr and the report), or `None` when no peer job was selected.
+fn peers_for(args: &Args, jobs: &[Job]) -> Option<Result<std::path::PathBuf, String>> {
+    if !jobs.iter().any(|j| j.is_peer()) {
+        return None;
+    }
+    let found = if args.no_peers {
+        Err("--no-peers".to_string())
+    } else {
+        args.peers.locate()
+    };
+    match &found {
+        Ok(bin) => eprintln!(
+            "peers: etcd rafthttp, hashicorp/raft, raw Go TCP with {}",
+            bin.display()
+        ),
+        Err(why) => eprintln!(
+            "peers: NOT RUN (etcd rafthttp, hashicorp/raft, raw Go TCP): {why}\n\
+             peers: every other job runs; the peers' columns stay empty"
+        ),
+    }
+    Some(found)
+}
+
 /// Runs every job `runs` times, each in a fresh child, then reports.
 /// Returns whether every child succeeded.
-fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
+fn parent(args: &Args, jobs: &[Job], scale: &Scale) -> std::io::Result<bool> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut peer_note = None;
     let aggs = if let Some(path) = &args.from {
         report::read_jsonl(&std::fs::read_to_string(path)?)
     } else {
+        let peerbench = match peers_for(args, jobs) {
+            Some(Ok(bin)) => {
+                peer_note = Some(format!("peers run by {}", bin.display()));
+                Some(bin)
+            }
+            Some(Err(why)) => {
+                let why = why.lines().next().unwrap_or_default().trim_end_matches(':');
+                peer_note = Some(format!("**peers not run**: {why}"));
+                None
+            }
+            None => None,
+        };
+        let jobs: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| !j.is_peer() || peerbench.is_some())
+            .collect();
         eprintln!(
             "raftwire transport benchmarks: {} job(s) x {} run(s){}, {cores} cores",
             jobs.len(),
@@ -421,11 +490,18 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
         let mut ok = true;
         let mut busy_seen = Vec::new();
         for run in 1..=args.runs {
-            for job in jobs {
-                // With --against, raftwire jobs run with both builds, the
-                // first one alternating from run to run.
-                let mut exes = vec![(exe.clone(), "")];
-                if let (Some(other), true) = (&args.against, job.imp != raw_tcp::IMPL) {
+            for &job in &jobs {
+                // A peer's job runs in peerbench. With --against, raftwire
+                // jobs run with both builds, the first one alternating from
+                // run to run.
+                let mut exes = vec![(
+                    peerbench
+                        .clone()
+                        .filter(|_| job.is_peer())
+                        .unwrap_or(exe.clone()),
+                    "",
+                )];
+                if let (Some(other), true) = (&args.against, job.is_raftwire()) {
                     exes.push((other.into(), report::BEFORE));
                     if run % 2 == 0 {
                         exes.reverse();
@@ -435,7 +511,13 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
                     let busy = wait_quiet(args.quiet_wait);
                     busy_seen.push(busy);
                     let t0 = Instant::now();
-                    let (status, got) = run_child(exe, job, args.quick, run == 1)?;
+                    let (status, got) = if job.is_peer() {
+                        let w = job.workload.name();
+                        let cmd = peers::command(exe, job.imp, job.workload, scale, run);
+                        run_process(cmd, run == 1, |l| peers::parse_line(l, job.imp, &w))?
+                    } else {
+                        run_process(child_command(exe, job, args.quick), run == 1, result_line)?
+                    };
                     for (imp, w, metric, v) in got {
                         let key = (format!("{imp}{suffix}"), w, metric);
                         if !values.contains_key(&key) {
@@ -478,40 +560,52 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
             std::fs::write(path, &jsonl)?;
         }
         if !ok {
-            return finish(args, &aggs, cores).map(|()| false);
+            return finish(args, &aggs, cores, peer_note.as_deref()).map(|()| false);
         }
         aggs
     };
-    finish(args, &aggs, cores).map(|()| true)
+    finish(args, &aggs, cores, peer_note.as_deref()).map(|()| true)
 }
 
-/// One measurement in a fresh child process of `exe`: its exit status and
-/// the values it reported (`imp`, workload, metric, value). Notes are
-/// passed on when `notes`.
-type Value = (String, String, String, f64);
+/// One reported value: `imp`, workload, metric, value.
+pub type Value = (String, String, String, f64);
 
-fn run_child(
-    exe: &std::path::Path,
-    job: &Job,
-    quick: bool,
-    notes: bool,
-) -> std::io::Result<(std::process::ExitStatus, Vec<Value>)> {
+/// This benchmark (`exe`, this build or the `--against` one) measuring
+/// `job` in a child process.
+fn child_command(exe: &std::path::Path, job: &Job, quick: bool) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("--child").arg(job.name());
     if quick {
         cmd.arg("--quick");
     }
+    cmd
+}
+
+/// A child's result line (`@result imp workload metric value`).
+fn result_line(line: &str) -> Option<Value> {
+    let f: Vec<&str> = line.strip_prefix(common::RESULT_TAG)?.split(' ').collect();
+    let [imp, w, metric, v] = f[..] else {
+        return None;
+    };
+    let v = v.parse().unwrap_or(f64::NAN);
+    Some((imp.to_string(), w.to_string(), metric.to_string(), v))
+}
+
+/// One measurement in a fresh process: its exit status and the values it
+/// reported, which `parse` picks out of its stdout. Notes are passed on
+/// when `notes`; any other line always.
+fn run_process(
+    mut cmd: Command,
+    notes: bool,
+    parse: impl Fn(&str) -> Option<Value>,
+) -> std::io::Result<(std::process::ExitStatus, Vec<Value>)> {
     let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let out = child.stdout.take().expect("piped stdout");
     let mut got = Vec::new();
     for line in BufReader::new(out).lines() {
         let line = line?;
-        if let Some(r) = line.strip_prefix(common::RESULT_TAG) {
-            let f: Vec<&str> = r.split(' ').collect();
-            if let [imp, w, metric, v] = f[..] {
-                let v = v.parse().unwrap_or(f64::NAN);
-                got.push((imp.to_string(), w.to_string(), metric.to_string(), v));
-            }
+        if let Some(v) = parse(&line) {
+            got.push(v);
         } else if let Some(i) = line.strip_prefix(common::INFO_TAG) {
             if notes {
                 eprintln!("    {i}");
@@ -561,7 +655,12 @@ fn wait_quiet(limit: Option<Duration>) -> f64 {
     }
 }
 
-fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()> {
+fn finish(
+    args: &Args,
+    aggs: &[report::Agg],
+    cores: usize,
+    peer_note: Option<&str>,
+) -> std::io::Result<()> {
     let header = match &args.from {
         Some(path) => format!("results read from {path}"),
         None => {
@@ -575,6 +674,10 @@ fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()
                 ", w1-raft: {}",
                 <raft::eraftpb::Message as pair::BenchMsg>::NAME
             ));
+            if let Some(note) = peer_note {
+                h.push_str("; ");
+                h.push_str(note);
+            }
             if args.quick {
                 h.push_str("; QUICK sizes (not BENCH.md)");
             }
@@ -592,11 +695,12 @@ fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()
     if let Some(path) = &args.svg {
         let runs = aggs.iter().map(|a| a.runs).max().unwrap_or(0);
         let subtitle = format!(
-            "payload MB/s (10^6 B/s) vs payload size, median of {runs} run(s), bars min-max; {cores} cores"
+            "payload MB/s (10^6 B/s) vs payload size, median of {runs} run(s), bars min-max; \
+             peers at W1 (128 B) and W2 (1 MiB); {cores} cores"
         );
         match svg::throughput_plot(aggs, &subtitle) {
             Some(doc) => std::fs::write(path, doc)?,
-            None => eprintln!("no curve points: {path} not written"),
+            None => eprintln!("no curve, W1 or W2 points: {path} not written"),
         }
     }
     Ok(())

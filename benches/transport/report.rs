@@ -1,7 +1,8 @@
-//! Medians, BENCH.md's JSON lines, and the Markdown table with ratios to
-//! RAW and the targets.
+//! Medians, BENCH.md's JSON lines, and the Markdown tables: raftwire
+//! against the Go peers and RAW, the ratios to RAW and the targets, TLS,
+//! the curve.
 
-use crate::{CURVE_SIZES, Workload, pair, raw_tcp, size_name};
+use crate::{CURVE_SIZES, Workload, pair, peers, raw_tcp, size_name};
 use std::fmt::Write;
 
 /// The suffix of the implementation name of figures measured with the
@@ -74,14 +75,18 @@ fn num(v: f64) -> String {
     }
 }
 
+/// The value of `key` in a flat JSON object on one line (strings without
+/// commas or escapes, as this harness and peerbench write them).
+pub fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().trim_matches('"'))
+}
+
 /// Reads back the JSON lines this harness wrote (flat objects only).
 pub fn read_jsonl(text: &str) -> Vec<Agg> {
-    fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-        let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
-        let rest = &line[start..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        Some(rest[..end].trim().trim_matches('"'))
-    }
+    let field = json_field;
     text.lines()
         .filter_map(|line| {
             let n = |k| field(line, k).and_then(|v| v.parse::<f64>().ok());
@@ -234,11 +239,173 @@ fn ratio_text(r: f64, metric: &str) -> String {
     }
 }
 
-/// The results table, the curve table and the targets, as Markdown.
+/// One row of the lead table: raftwire's `workload`/`metric` beside the
+/// same metric of each peer (implementation, workload) and of RAW.
+struct Lead {
+    label: &'static str,
+    workload: &'static str,
+    metric: &'static str,
+    etcd: Option<(&'static str, &'static str)>,
+    hashicorp: Option<&'static str>,
+    /// RAW's implementation, workload and metric.
+    raw: Option<(&'static str, &'static str, &'static str)>,
+    /// Shown only when raftwire has the figure (rows whose peer and RAW
+    /// figures another row shows already).
+    optional: bool,
+}
+
+/// A lead row whose peers ran the same workload, and RAW `raw_imp` too.
+const fn lead(
+    label: &'static str,
+    workload: &'static str,
+    metric: &'static str,
+    raw_imp: Option<&'static str>,
+) -> Lead {
+    Lead {
+        label,
+        workload,
+        metric,
+        etcd: Some((peers::ETCD, workload)),
+        hashicorp: Some(workload),
+        raw: match raw_imp {
+            Some(imp) => Some((imp, workload, metric)),
+            None => None,
+        },
+        optional: false,
+    }
+}
+
+/// W1 with raft-rs messages: the peers' and RAW's W1 (their W1 is a raft
+/// append of one entry already).
+const fn lead_raft_w1(metric: &'static str) -> Lead {
+    Lead {
+        label: "W1 raft-rs MsgAppend",
+        workload: "w1-raft",
+        etcd: Some((peers::ETCD, "w1")),
+        hashicorp: Some("w1"),
+        raw: Some((raw_tcp::IMPL, "w1", metric)),
+        optional: true,
+        ..lead("", "", metric, None)
+    }
+}
+
+const LEAD: &[Lead] = &[
+    lead("W1 Envelope", "w1", "msgs_per_s", Some(raw_tcp::IMPL)),
+    lead("W1 Envelope", "w1", "cpu_us_per_msg", Some(raw_tcp::IMPL)),
+    lead("W1 Envelope", "w1", "dropped", Some(raw_tcp::IMPL)),
+    lead_raft_w1("msgs_per_s"),
+    lead_raft_w1("cpu_us_per_msg"),
+    lead_raft_w1("dropped"),
+    lead("W2", "w2", "payload_MBps", Some(raw_tcp::IMPL)),
+    lead("W2", "w2", "cpu_us_per_msg", Some(raw_tcp::IMPL)),
+    lead("W2", "w2", "dropped", Some(raw_tcp::IMPL)),
+    lead("W3-idle", "w3-idle", "hb_p50_us", Some(peers::RAWGO)),
+    lead("W3-idle", "w3-idle", "hb_p99_us", Some(peers::RAWGO)),
+    lead("W3-idle", "w3-idle", "hb_max_us", Some(peers::RAWGO)),
+    lead("W3-load", "w3-load", "hb_p50_us", Some(peers::RAWGO)),
+    lead("W3-load", "w3-load", "hb_p99_us", Some(peers::RAWGO)),
+    lead(
+        "W3-load",
+        "w3-load",
+        "load_payload_MBps",
+        Some(peers::RAWGO),
+    ),
+    lead("W3-load", "w3-load", "dropped", Some(peers::RAWGO)),
+    Lead {
+        raw: Some((raw_tcp::IMPL, "w2", "payload_MBps")),
+        ..lead("W4", "w4", "snapshot_MBps", None)
+    },
+    Lead {
+        etcd: Some((peers::ETCD_DISCARD, "w4")),
+        hashicorp: None,
+        ..lead(
+            "W4, etcd's receiver discarding",
+            "w4",
+            "snapshot_MBps",
+            None,
+        )
+    },
+    lead("W4", "w4", "peak_rss_MiB", None),
+    lead("W4", "w4", "cpu_s", None),
+];
+
+/// raftwire / other, as a factor.
+fn factor(mine: Option<&Agg>, other: Option<&Agg>) -> String {
+    match (mine, other) {
+        (Some(a), Some(b)) if b.value != 0.0 && !matches!(a.metric.as_str(), "dropped") => {
+            let r = a.value / b.value;
+            match r {
+                r if r >= 100.0 => format!("{r:.0}×"),
+                r if r >= 10.0 => format!("{r:.1}×"),
+                r => format!("{r:.2}×"),
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+/// The lead table: raftwire against etcd rafthttp, hashicorp/raft and RAW
+/// on every workload, each figure also as a ratio.
+fn lead_table(aggs: &[Agg]) -> String {
+    let mut s = String::from(
+        "raftwire against etcd rafthttp, hashicorp/raft and RAW, same invocation; median \
+         (min–max). Ratios are raftwire's figure divided by the other's: above 1 is better \
+         for rates, below 1 for latencies, CPU and memory. RAW is raw Rust TCP for W1 and W2 \
+         (W4: its W2 MB/s), raw Go TCP (`rawgo`, heartbeats on a connection of their own) for \
+         W3. The peers' W1 is a raft append with one 128-byte entry.\n\n\
+         | workload | metric | raftwire | etcd rafthttp | raftwire / etcd | hashicorp raft | \
+         raftwire / hashicorp | RAW | raftwire / RAW |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut peer_figures = false;
+    for r in LEAD {
+        let mine = find(aggs, pair::IMPL, r.workload, r.metric);
+        let etcd = r.etcd.and_then(|(imp, w)| find(aggs, imp, w, r.metric));
+        let hashi = r
+            .hashicorp
+            .and_then(|w| find(aggs, peers::HASHICORP, w, r.metric));
+        let raw = r.raw.and_then(|(imp, w, m)| find(aggs, imp, w, m));
+        peer_figures |= etcd.is_some() || hashi.is_some();
+        if mine.is_none() && (r.optional || (etcd.is_none() && hashi.is_none() && raw.is_none())) {
+            continue;
+        }
+        let raw_cell = match (r.raw, raw) {
+            (Some((peers::RAWGO, _, _)), Some(_)) => format!("{} (raw Go)", cell(raw)),
+            (Some((_, w, m)), Some(_)) if m != r.metric => {
+                format!("{} (RAW {})", cell(raw), w.to_uppercase())
+            }
+            _ => cell(raw),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            r.metric,
+            cell(mine),
+            cell(etcd),
+            factor(mine, etcd),
+            cell(hashi),
+            factor(mine, hashi),
+            raw_cell,
+            factor(mine, raw),
+        );
+    }
+    if !peer_figures {
+        s.push_str("\nNo figures of the Go peers in these results.\n");
+    }
+    s
+}
+
+/// Every table, as Markdown: raftwire against the peers and RAW first, then
+/// raftwire against RAW with BENCH.md's targets, TLS and the curve.
 pub fn markdown(aggs: &[Agg]) -> String {
     let rw = pair::IMPL;
     let raw = raw_tcp::IMPL;
-    let mut s = String::new();
+    let mut s = lead_table(aggs);
+    let _ = writeln!(
+        s,
+        "\nraftwire against RAW from the same invocation, and BENCH.md's targets:\n"
+    );
     let _ = writeln!(
         s,
         "| workload | metric | raftwire median (min–max) | raw-tcp median (min–max) | raftwire / raw | target | status |"
