@@ -2,8 +2,9 @@
 //! the raw-TCP baseline (RAW), plus a throughput-vs-payload-size curve for
 //! raftwire and RAW; the same workloads on the Go peers (etcd rafthttp,
 //! hashicorp/raft, raw Go TCP) when `peerbench` can be built; and, with the
-//! `raft-rs` feature, W1 with raft-rs's `MsgAppend` (`w1-raft`).
-//! BENCHMARKS.md has the method and the results.
+//! `raft-rs` feature, W1 with raft-rs's `MsgAppend` (`w1-raft`) and W5,
+//! three raft-rs `RawNode`s over raftwire. BENCHMARKS.md has the method and
+//! the results.
 //!
 //! ```text
 //! cargo bench --bench transport -- [--runs N] [--quick] [--only LIST]
@@ -33,6 +34,8 @@ mod peers;
 mod raw_tcp;
 mod report;
 mod svg;
+#[cfg(feature = "raft-rs")]
+mod w5;
 
 use raftwire::Envelope;
 use std::collections::BTreeMap;
@@ -42,6 +45,9 @@ use std::time::{Duration, Instant};
 
 /// Payload sizes of the throughput-vs-size curve.
 pub const CURVE_SIZES: [usize; 6] = [64, 512, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
+
+/// W5's entry sizes.
+pub const W5_SIZES: [usize; 2] = [128, 16 << 10];
 
 /// The sizes and durations of every workload.
 #[derive(Debug, Clone)]
@@ -62,6 +68,10 @@ pub struct Scale {
     pub curve_target: Duration,
     /// …within this much payload built up front.
     pub curve_max_bytes: u64,
+    /// W5: proposals flow this long before the timed phase…
+    pub w5_warmup: Duration,
+    /// …which lasts this long.
+    pub w5_duration: Duration,
 }
 
 impl Scale {
@@ -80,6 +90,8 @@ impl Scale {
             curve_pilot: Duration::from_millis(150),
             curve_target: Duration::from_millis(750),
             curve_max_bytes: 3 << 29,
+            w5_warmup: Duration::from_secs(1),
+            w5_duration: Duration::from_secs(5),
         }
     }
 
@@ -93,6 +105,8 @@ impl Scale {
             curve_pilot: Duration::from_millis(50),
             curve_target: Duration::from_millis(200),
             curve_max_bytes: 1 << 28,
+            w5_warmup: Duration::from_millis(300),
+            w5_duration: Duration::from_secs(1),
             ..Scale::full()
         }
     }
@@ -183,6 +197,12 @@ pub enum Workload {
     W4,
     /// A point of the curve: payload size in bytes.
     Curve(usize),
+    /// W5: three raft-rs nodes, proposals of `size` bytes at the leader,
+    /// with or without a concurrent stream of 1 MiB entries (`bulk`).
+    W5 {
+        size: usize,
+        bulk: bool,
+    },
 }
 
 impl Workload {
@@ -195,6 +215,9 @@ impl Workload {
             Workload::W3Load => "w3-load".into(),
             Workload::W4 => "w4".into(),
             Workload::Curve(size) => format!("curve-{}", size_name(size)),
+            Workload::W5 { size, bulk } => {
+                format!("w5-{}{}", size_name(size), if bulk { "-bulk" } else { "" })
+            }
         }
     }
 }
@@ -255,6 +278,10 @@ impl Job {
             Workload::W3Idle => return pair::w3_idle::<Envelope>(&w, scale),
             Workload::W3Load => return pair::w3_load::<Envelope>(&w, scale),
             Workload::W4 => return pair::w4(&w, scale),
+            #[cfg(feature = "raft-rs")]
+            Workload::W5 { size, bulk } => return w5::run(&w, size, bulk, scale),
+            #[cfg(not(feature = "raft-rs"))]
+            Workload::W5 { .. } => return Err("W5 needs the raft-rs feature".into()),
         };
         match (self.imp, self.workload) {
             (raw_tcp::IMPL, _) => raw_tcp::run(&w, &plan)?,
@@ -298,6 +325,13 @@ fn all_jobs() -> Vec<Job> {
     for size in CURVE_SIZES {
         jobs.push(raw(Workload::Curve(size)));
         jobs.push(rw(Workload::Curve(size)));
+    }
+    if cfg!(feature = "raft-rs") {
+        for size in W5_SIZES {
+            for bulk in [false, true] {
+                jobs.push(rw(Workload::W5 { size, bulk }));
+            }
+        }
     }
     jobs
 }

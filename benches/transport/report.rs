@@ -1,8 +1,8 @@
 //! Medians, BENCH.md's JSON lines, and the Markdown tables: raftwire
 //! against the Go peers and RAW, the ratios to RAW and the targets, TLS,
-//! the curve.
+//! the curve, W5.
 
-use crate::{CURVE_SIZES, Workload, pair, peers, raw_tcp, size_name};
+use crate::{CURVE_SIZES, W5_SIZES, Workload, pair, peers, raw_tcp, size_name};
 use std::fmt::Write;
 
 /// The suffix of the implementation name of figures measured with the
@@ -111,9 +111,9 @@ pub fn find<'a>(aggs: &'a [Agg], imp: &str, workload: &str, metric: &str) -> Opt
 /// A figure for people: `1.23 M`, `5120`, `0.83`.
 fn human(v: f64, metric: &str) -> String {
     match metric {
-        "msgs_per_s" if v >= 1e6 => format!("{:.2} M", v / 1e6),
-        "msgs_per_s" if v >= 1e3 => format!("{:.1} k", v / 1e3),
-        "dropped" | "hb_count" => format!("{v:.0}"),
+        "msgs_per_s" | "proposals_per_s" if v >= 1e6 => format!("{:.2} M", v / 1e6),
+        "msgs_per_s" | "proposals_per_s" if v >= 1e3 => format!("{:.1} k", v / 1e3),
+        "dropped" | "proposals_dropped" | "hb_count" => format!("{v:.0}"),
         _ if v >= 100.0 => format!("{v:.0}"),
         _ if v >= 10.0 => format!("{v:.1}"),
         _ => format!("{v:.3}"),
@@ -396,8 +396,58 @@ fn lead_table(aggs: &[Agg]) -> String {
     s
 }
 
+/// W5's table: three raft-rs nodes over raftwire.
+fn w5_table(aggs: &[Agg]) -> String {
+    let rw = pair::IMPL;
+    let mut s = String::new();
+    let mut rows = Vec::new();
+    for size in W5_SIZES {
+        for bulk in [false, true] {
+            let w = Workload::W5 { size, bulk }.name();
+            if find(aggs, rw, &w, "proposals_per_s").is_some() {
+                rows.push((size, bulk, w));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\nW5: three raft-rs 0.7 `RawNode`s over raftwire, proposals at the leader (median \
+         (min–max)); commit = the leader's `Ready` hands the entry over as committed:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| entries | 1 MiB stream | proposals/s | commit p50 µs | commit p99 µs | commit max µs | \
+         1 MiB stream MB/s | CPU µs/proposal | dropped | proposals dropped |"
+    );
+    let _ = writeln!(
+        s,
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for (size, bulk, w) in rows {
+        let c = |m: &str| cell(find(aggs, rw, &w, m));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            size_name(size),
+            if bulk { "yes" } else { "no" },
+            c("proposals_per_s"),
+            c("commit_p50_us"),
+            c("commit_p99_us"),
+            c("commit_max_us"),
+            c("bulk_MBps"),
+            c("cpu_us_per_proposal"),
+            c("dropped"),
+            c("proposals_dropped"),
+        );
+    }
+    s
+}
+
 /// Every table, as Markdown: raftwire against the peers and RAW first, then
-/// raftwire against RAW with BENCH.md's targets, TLS and the curve.
+/// raftwire against RAW with BENCH.md's targets, TLS, the curve and W5.
 pub fn markdown(aggs: &[Agg]) -> String {
     let rw = pair::IMPL;
     let raw = raw_tcp::IMPL;
@@ -542,6 +592,7 @@ pub fn markdown(aggs: &[Agg]) -> String {
             );
         }
     }
+    s.push_str(&w5_table(aggs));
     s
 }
 
