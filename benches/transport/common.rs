@@ -208,6 +208,29 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Emits `{prefix}_p50_us`, `{prefix}_p99_us` and `{prefix}_max_us` of
+/// latencies in nanoseconds; returns them sorted.
+pub fn emit_percentiles(imp: &str, workload: &str, prefix: &str, lat_ns: &[u64]) -> Vec<u64> {
+    let mut v = lat_ns.to_vec();
+    v.sort_unstable();
+    let us = |ns: u64| ns as f64 / 1e3;
+    emit(
+        imp,
+        workload,
+        &format!("{prefix}_p50_us"),
+        us(percentile(&v, 50.0)),
+    );
+    emit(
+        imp,
+        workload,
+        &format!("{prefix}_p99_us"),
+        us(percentile(&v, 99.0)),
+    );
+    let max = v.last().copied().unwrap_or(0);
+    emit(imp, workload, &format!("{prefix}_max_us"), us(max));
+    v
+}
+
 /// Marks a line of a child's stdout that the parent collects as a result.
 pub const RESULT_TAG: &str = "@result ";
 /// Marks a line of a child's stdout that the parent passes on as a note.

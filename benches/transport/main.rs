@@ -1,21 +1,28 @@
 //! The transport benchmarks of BENCH.md: W1, W2, W3-idle, W3-load, W4 and
 //! the raw-TCP baseline (RAW), plus a throughput-vs-payload-size curve for
-//! raftwire and RAW. BENCHMARKS.md has the method and the results.
+//! raftwire and RAW; the same workloads on the Go peers (etcd rafthttp,
+//! hashicorp/raft, raw Go TCP) when `peerbench` can be built; and, with the
+//! `raft-rs` feature, W1 with raft-rs's `MsgAppend` (`w1-raft`) and W5,
+//! three raft-rs `RawNode`s over raftwire. BENCHMARKS.md has the method and
+//! the results.
 //!
 //! ```text
 //! cargo bench --bench transport -- [--runs N] [--quick] [--only LIST]
 //!     [--json FILE] [--markdown FILE] [--svg FILE] [--quiet-wait SECS]
 //!     [--from FILE] [--list] [--against BIN]
+//!     [--no-peers] [--peers DIR] [--peerbench BIN]
 //! ```
 //!
 //! The parent process runs every measurement in a fresh child process (this
-//! same executable with `--child JOB`), run after run, interleaving raftwire
-//! and RAW so that machine noise falls on both. Each child prints its raw
-//! values; the parent reports the median of the runs with min and max as
-//! BENCH.md's JSON lines (stdout, and `--json FILE`), then a Markdown table
-//! with every raftwire figure as a ratio to RAW from the same invocation and
-//! BENCH.md's targets (stdout, and `--markdown FILE`), and draws the curve
-//! (`--svg FILE`). `--from FILE` redraws table and plot from saved JSON
+//! same executable with `--child JOB`, or `peerbench` for a peer's job),
+//! run after run, interleaving raftwire, RAW and the peers so that machine
+//! noise falls on all. Each child prints its raw values; the parent reports
+//! the median of the runs with min and max as BENCH.md's JSON lines
+//! (stdout, and `--json FILE`), then Markdown tables (stdout, and
+//! `--markdown FILE`): raftwire against the peers and RAW first, then every
+//! raftwire figure as a ratio to RAW from the same invocation with
+//! BENCH.md's targets, and draws the curve with the peers' W1/W2 points
+//! (`--svg FILE`). `--from FILE` redraws tables and plot from saved JSON
 //! lines without measuring. `--against BIN` also runs every raftwire job
 //! with another build of this benchmark (say, the previous commit's), in
 //! the same invocation, alternating which goes first, and adds a table of
@@ -23,9 +30,12 @@
 
 mod common;
 mod pair;
+mod peers;
 mod raw_tcp;
 mod report;
 mod svg;
+#[cfg(feature = "raft-rs")]
+mod w5;
 
 use raftwire::Envelope;
 use std::collections::BTreeMap;
@@ -33,16 +43,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-/// W1's message: BENCH.md asks for a raft `MsgAppend` with one 128-byte
-/// entry where the raft-rs feature is on, an `Envelope` otherwise. Every
-/// other workload sends `Envelope`s.
-#[cfg(feature = "raft-rs")]
-pub type W1Msg = raft::eraftpb::Message;
-#[cfg(not(feature = "raft-rs"))]
-pub type W1Msg = Envelope;
-
 /// Payload sizes of the throughput-vs-size curve.
 pub const CURVE_SIZES: [usize; 6] = [64, 512, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
+
+/// W5's entry sizes.
+pub const W5_SIZES: [usize; 2] = [128, 16 << 10];
 
 /// The sizes and durations of every workload.
 #[derive(Debug, Clone)]
@@ -63,6 +68,10 @@ pub struct Scale {
     pub curve_target: Duration,
     /// …within this much payload built up front.
     pub curve_max_bytes: u64,
+    /// W5: proposals flow this long before the timed phase…
+    pub w5_warmup: Duration,
+    /// …which lasts this long.
+    pub w5_duration: Duration,
 }
 
 impl Scale {
@@ -81,6 +90,8 @@ impl Scale {
             curve_pilot: Duration::from_millis(150),
             curve_target: Duration::from_millis(750),
             curve_max_bytes: 3 << 29,
+            w5_warmup: Duration::from_secs(1),
+            w5_duration: Duration::from_secs(5),
         }
     }
 
@@ -94,6 +105,8 @@ impl Scale {
             curve_pilot: Duration::from_millis(50),
             curve_target: Duration::from_millis(200),
             curve_max_bytes: 1 << 28,
+            w5_warmup: Duration::from_millis(300),
+            w5_duration: Duration::from_secs(1),
             ..Scale::full()
         }
     }
@@ -174,24 +187,37 @@ impl Pilot {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
+    /// W1 with `Envelope`s.
     W1,
+    /// W1 with raft-rs `MsgAppend`s of one entry (feature `raft-rs`).
+    W1Raft,
     W2,
     W3Idle,
     W3Load,
     W4,
     /// A point of the curve: payload size in bytes.
     Curve(usize),
+    /// W5: three raft-rs nodes, proposals of `size` bytes at the leader,
+    /// with or without a concurrent stream of 1 MiB entries (`bulk`).
+    W5 {
+        size: usize,
+        bulk: bool,
+    },
 }
 
 impl Workload {
     pub fn name(self) -> String {
         match self {
             Workload::W1 => "w1".into(),
+            Workload::W1Raft => "w1-raft".into(),
             Workload::W2 => "w2".into(),
             Workload::W3Idle => "w3-idle".into(),
             Workload::W3Load => "w3-load".into(),
             Workload::W4 => "w4".into(),
             Workload::Curve(size) => format!("curve-{}", size_name(size)),
+            Workload::W5 { size, bulk } => {
+                format!("w5-{}{}", size_name(size), if bulk { "-bulk" } else { "" })
+            }
         }
     }
 }
@@ -216,6 +242,16 @@ impl Job {
         format!("{}:{}", self.imp, self.workload.name())
     }
 
+    /// A job of one of the Go peers, run by peerbench, not by this binary.
+    fn is_peer(self) -> bool {
+        peers::is_peer(self.imp)
+    }
+
+    /// A job of raftwire's (plain or TLS), which `--against` runs twice.
+    fn is_raftwire(self) -> bool {
+        self.imp != raw_tcp::IMPL && !self.is_peer()
+    }
+
     /// Runs the measurement in this process (the child's side).
     fn run(self, scale: &Scale) -> Result<(), Box<dyn std::error::Error>> {
         let w = self.workload.name();
@@ -223,8 +259,13 @@ impl Job {
             payload_len,
             run: Run::Fixed { warmup, count },
         };
+        if self.is_peer() {
+            return Err(format!("{} runs in peerbench, not here", self.name()).into());
+        }
         let plan = match self.workload {
-            Workload::W1 => fixed(scale.w1_payload, scale.w1_warmup, scale.w1_count),
+            Workload::W1 | Workload::W1Raft => {
+                fixed(scale.w1_payload, scale.w1_warmup, scale.w1_count)
+            }
             Workload::W2 => fixed(scale.w2_payload, scale.w2_warmup, scale.w2_count),
             Workload::Curve(size) => Plan {
                 payload_len: size,
@@ -237,43 +278,60 @@ impl Job {
             Workload::W3Idle => return pair::w3_idle::<Envelope>(&w, scale),
             Workload::W3Load => return pair::w3_load::<Envelope>(&w, scale),
             Workload::W4 => return pair::w4(&w, scale),
+            #[cfg(feature = "raft-rs")]
+            Workload::W5 { size, bulk } => return w5::run(&w, size, bulk, scale),
+            #[cfg(not(feature = "raft-rs"))]
+            Workload::W5 { .. } => return Err("W5 needs the raft-rs feature".into()),
         };
         match (self.imp, self.workload) {
             (raw_tcp::IMPL, _) => raw_tcp::run(&w, &plan)?,
-            (imp, Workload::W1) => pair::throughput::<W1Msg>(imp, &w, &plan)?,
+            #[cfg(feature = "raft-rs")]
+            (imp, Workload::W1Raft) => pair::throughput::<raft::eraftpb::Message>(imp, &w, &plan)?,
+            #[cfg(not(feature = "raft-rs"))]
+            (_, Workload::W1Raft) => return Err("w1-raft needs the raft-rs feature".into()),
             (imp, _) => pair::throughput::<Envelope>(imp, &w, &plan)?,
         }
         Ok(())
     }
 }
 
-/// Every job, in the order one run executes them.
+/// Every job, in the order one run executes them: for each workload RAW,
+/// raftwire (plain, then TLS), then the Go peers.
 fn all_jobs() -> Vec<Job> {
-    let rw = |workload| Job {
-        imp: pair::IMPL,
-        workload,
-    };
-    let raw = |workload| Job {
-        imp: raw_tcp::IMPL,
-        workload,
-    };
-    #[cfg(feature = "tls")]
-    let tls = |workload| {
-        vec![Job {
-            imp: pair::IMPL_TLS,
-            workload,
-        }]
-    };
-    #[cfg(not(feature = "tls"))]
-    let tls = |_: Workload| Vec::<Job>::new();
-    let mut jobs = vec![raw(Workload::W1), rw(Workload::W1)];
-    jobs.extend(tls(Workload::W1));
-    jobs.extend([raw(Workload::W2), rw(Workload::W2)]);
-    jobs.extend(tls(Workload::W2));
-    jobs.extend([rw(Workload::W3Idle), rw(Workload::W3Load), rw(Workload::W4)]);
+    let job = |imp, workload| Job { imp, workload };
+    let rw = |workload| job(pair::IMPL, workload);
+    let raw = |workload| job(raw_tcp::IMPL, workload);
+    let tls = |workload| job(pair::IMPL_TLS, workload);
+    let mut jobs = Vec::new();
+    for w in [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3Idle,
+        Workload::W3Load,
+        Workload::W4,
+    ] {
+        if matches!(w, Workload::W1 | Workload::W2) {
+            jobs.push(raw(w));
+        }
+        jobs.push(rw(w));
+        if w == Workload::W1 && cfg!(feature = "raft-rs") {
+            jobs.push(rw(Workload::W1Raft));
+        }
+        if matches!(w, Workload::W1 | Workload::W2) && cfg!(feature = "tls") {
+            jobs.push(tls(w));
+        }
+        jobs.extend(peers::jobs_for(w).iter().map(|&imp| job(imp, w)));
+    }
     for size in CURVE_SIZES {
         jobs.push(raw(Workload::Curve(size)));
         jobs.push(rw(Workload::Curve(size)));
+    }
+    if cfg!(feature = "raft-rs") {
+        for size in W5_SIZES {
+            for bulk in [false, true] {
+                jobs.push(rw(Workload::W5 { size, bulk }));
+            }
+        }
     }
     jobs
 }
@@ -293,11 +351,16 @@ struct Args {
     quiet_wait: Option<Duration>,
     /// Another build of this benchmark to compare with, job by job.
     against: Option<String>,
+    /// Leave out the Go peers.
+    no_peers: bool,
+    /// Where peerbench comes from.
+    peers: peers::Source,
 }
 
 const USAGE: &str = "usage: cargo bench --bench transport -- [--runs N] [--quick] \
 [--only w1,w2,w3,curve,raw-tcp,...] [--json FILE] [--markdown FILE] [--svg FILE] \
-[--quiet-wait SECS] [--from FILE] [--list] [--against BIN]";
+[--quiet-wait SECS] [--from FILE] [--list] [--against BIN] [--no-peers] [--peers DIR] \
+[--peerbench BIN]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -327,6 +390,9 @@ fn parse_args() -> Result<Args, String> {
             "--child" => a.child = Some(value("--child")?),
             "--against" => a.against = Some(value("--against")?),
             "--list" => a.list = true,
+            "--no-peers" => a.no_peers = true,
+            "--peers" => a.peers.dir = Some(value("--peers")?),
+            "--peerbench" => a.peers.bin = Some(value("--peerbench")?),
             "--quiet-wait" => {
                 let secs: f64 = value("--quiet-wait")?
                     .parse()
@@ -381,7 +447,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    match parent(&args, &jobs) {
+    match parent(&args, &jobs, &scale) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -391,13 +457,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether the Go peers' jobs run: the peerbench binary, or why not (for
+/// stderr and the report), or `None` when no peer job was selected.
+fn peers_for(args: &Args, jobs: &[Job]) -> Option<Result<std::path::PathBuf, String>> {
+    if !jobs.iter().any(|j| j.is_peer()) {
+        return None;
+    }
+    let found = if args.no_peers {
+        Err("--no-peers".to_string())
+    } else {
+        args.peers.locate()
+    };
+    match &found {
+        Ok(bin) => eprintln!(
+            "peers: etcd rafthttp, hashicorp/raft, raw Go TCP with {}",
+            bin.display()
+        ),
+        Err(why) => eprintln!(
+            "peers: NOT RUN (etcd rafthttp, hashicorp/raft, raw Go TCP): {why}\n\
+             peers: every other job runs; the peers' columns stay empty"
+        ),
+    }
+    Some(found)
+}
+
 /// Runs every job `runs` times, each in a fresh child, then reports.
 /// Returns whether every child succeeded.
-fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
+fn parent(args: &Args, jobs: &[Job], scale: &Scale) -> std::io::Result<bool> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut peer_note = None;
     let aggs = if let Some(path) = &args.from {
         report::read_jsonl(&std::fs::read_to_string(path)?)
     } else {
+        let peerbench = match peers_for(args, jobs) {
+            Some(Ok(bin)) => {
+                peer_note = Some(format!("peers run by {}", bin.display()));
+                Some(bin)
+            }
+            Some(Err(why)) => {
+                let why = why.lines().next().unwrap_or_default().trim_end_matches(':');
+                peer_note = Some(format!("**peers not run**: {why}"));
+                None
+            }
+            None => None,
+        };
+        let jobs: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| !j.is_peer() || peerbench.is_some())
+            .collect();
         eprintln!(
             "raftwire transport benchmarks: {} job(s) x {} run(s){}, {cores} cores",
             jobs.len(),
@@ -417,11 +524,18 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
         let mut ok = true;
         let mut busy_seen = Vec::new();
         for run in 1..=args.runs {
-            for job in jobs {
-                // With --against, raftwire jobs run with both builds, the
-                // first one alternating from run to run.
-                let mut exes = vec![(exe.clone(), "")];
-                if let (Some(other), true) = (&args.against, job.imp != raw_tcp::IMPL) {
+            for &job in &jobs {
+                // A peer's job runs in peerbench. With --against, raftwire
+                // jobs run with both builds, the first one alternating from
+                // run to run.
+                let mut exes = vec![(
+                    peerbench
+                        .clone()
+                        .filter(|_| job.is_peer())
+                        .unwrap_or(exe.clone()),
+                    "",
+                )];
+                if let (Some(other), true) = (&args.against, job.is_raftwire()) {
                     exes.push((other.into(), report::BEFORE));
                     if run % 2 == 0 {
                         exes.reverse();
@@ -431,7 +545,13 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
                     let busy = wait_quiet(args.quiet_wait);
                     busy_seen.push(busy);
                     let t0 = Instant::now();
-                    let (status, got) = run_child(exe, job, args.quick, run == 1)?;
+                    let (status, got) = if job.is_peer() {
+                        let w = job.workload.name();
+                        let cmd = peers::command(exe, job.imp, job.workload, scale, run);
+                        run_process(cmd, run == 1, |l| peers::parse_line(l, job.imp, &w))?
+                    } else {
+                        run_process(child_command(exe, job, args.quick), run == 1, result_line)?
+                    };
                     for (imp, w, metric, v) in got {
                         let key = (format!("{imp}{suffix}"), w, metric);
                         if !values.contains_key(&key) {
@@ -474,40 +594,52 @@ fn parent(args: &Args, jobs: &[Job]) -> std::io::Result<bool> {
             std::fs::write(path, &jsonl)?;
         }
         if !ok {
-            return finish(args, &aggs, cores).map(|()| false);
+            return finish(args, &aggs, cores, peer_note.as_deref()).map(|()| false);
         }
         aggs
     };
-    finish(args, &aggs, cores).map(|()| true)
+    finish(args, &aggs, cores, peer_note.as_deref()).map(|()| true)
 }
 
-/// One measurement in a fresh child process of `exe`: its exit status and
-/// the values it reported (`imp`, workload, metric, value). Notes are
-/// passed on when `notes`.
-type Value = (String, String, String, f64);
+/// One reported value: `imp`, workload, metric, value.
+pub type Value = (String, String, String, f64);
 
-fn run_child(
-    exe: &std::path::Path,
-    job: &Job,
-    quick: bool,
-    notes: bool,
-) -> std::io::Result<(std::process::ExitStatus, Vec<Value>)> {
+/// This benchmark (`exe`, this build or the `--against` one) measuring
+/// `job` in a child process.
+fn child_command(exe: &std::path::Path, job: &Job, quick: bool) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("--child").arg(job.name());
     if quick {
         cmd.arg("--quick");
     }
+    cmd
+}
+
+/// A child's result line (`@result imp workload metric value`).
+fn result_line(line: &str) -> Option<Value> {
+    let f: Vec<&str> = line.strip_prefix(common::RESULT_TAG)?.split(' ').collect();
+    let [imp, w, metric, v] = f[..] else {
+        return None;
+    };
+    let v = v.parse().unwrap_or(f64::NAN);
+    Some((imp.to_string(), w.to_string(), metric.to_string(), v))
+}
+
+/// One measurement in a fresh process: its exit status and the values it
+/// reported, which `parse` picks out of its stdout. Notes are passed on
+/// when `notes`; any other line always.
+fn run_process(
+    mut cmd: Command,
+    notes: bool,
+    parse: impl Fn(&str) -> Option<Value>,
+) -> std::io::Result<(std::process::ExitStatus, Vec<Value>)> {
     let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let out = child.stdout.take().expect("piped stdout");
     let mut got = Vec::new();
     for line in BufReader::new(out).lines() {
         let line = line?;
-        if let Some(r) = line.strip_prefix(common::RESULT_TAG) {
-            let f: Vec<&str> = r.split(' ').collect();
-            if let [imp, w, metric, v] = f[..] {
-                let v = v.parse().unwrap_or(f64::NAN);
-                got.push((imp.to_string(), w.to_string(), metric.to_string(), v));
-            }
+        if let Some(v) = parse(&line) {
+            got.push(v);
         } else if let Some(i) = line.strip_prefix(common::INFO_TAG) {
             if notes {
                 eprintln!("    {i}");
@@ -557,15 +689,34 @@ fn wait_quiet(limit: Option<Duration>) -> f64 {
     }
 }
 
-fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()> {
+fn finish(
+    args: &Args,
+    aggs: &[report::Agg],
+    cores: usize,
+    peer_note: Option<&str>,
+) -> std::io::Result<()> {
     let header = match &args.from {
         Some(path) => format!("results read from {path}"),
-        None => format!(
-            "{} UTC, {cores} cores, W1 message: {}{}",
-            report::utc_now(),
-            <W1Msg as pair::BenchMsg>::NAME,
-            if args.quick { ", QUICK sizes" } else { "" }
-        ),
+        None => {
+            let mut h = format!(
+                "{} UTC, {cores} cores; w1: {}",
+                report::utc_now(),
+                <Envelope as pair::BenchMsg>::NAME
+            );
+            #[cfg(feature = "raft-rs")]
+            h.push_str(&format!(
+                ", w1-raft: {}",
+                <raft::eraftpb::Message as pair::BenchMsg>::NAME
+            ));
+            if let Some(note) = peer_note {
+                h.push_str("; ");
+                h.push_str(note);
+            }
+            if args.quick {
+                h.push_str("; QUICK sizes (not BENCH.md)");
+            }
+            h
+        }
     };
     let mut table = report::markdown(aggs);
     if let Some(before) = report::against(aggs) {
@@ -578,11 +729,12 @@ fn finish(args: &Args, aggs: &[report::Agg], cores: usize) -> std::io::Result<()
     if let Some(path) = &args.svg {
         let runs = aggs.iter().map(|a| a.runs).max().unwrap_or(0);
         let subtitle = format!(
-            "payload MB/s (10^6 B/s) vs payload size, median of {runs} run(s), bars min-max; {cores} cores"
+            "payload MB/s (10^6 B/s) vs payload size, median of {runs} run(s), bars min-max; \
+             peers at W1 (128 B) and W2 (1 MiB); {cores} cores"
         );
         match svg::throughput_plot(aggs, &subtitle) {
             Some(doc) => std::fs::write(path, doc)?,
-            None => eprintln!("no curve points: {path} not written"),
+            None => eprintln!("no curve, W1 or W2 points: {path} not written"),
         }
     }
     Ok(())

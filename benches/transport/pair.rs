@@ -4,7 +4,9 @@
 //!
 //! Each workload is one function over a fresh [`Pair`].
 
-use crate::common::{Stamp, Throughput, WINDOW, Window, emit, info, now_ns, pattern, percentile};
+use crate::common::{
+    Stamp, Throughput, WINDOW, Window, emit, emit_percentiles, info, now_ns, pattern, percentile,
+};
 use crate::{Pilot, Plan, Run, Scale};
 use crossbeam_channel::{Sender, TryRecvError, select};
 use raftwire::{
@@ -175,39 +177,43 @@ impl<M: BenchMsg> Pair<M> {
         let rx = Transport::start(config::<M>(2, append_payload, imp), NoopReporter)?;
         tx.add_peer(2, &[rx.local_addr()])?;
         rx.add_peer(1, &[tx.local_addr()])?;
-        for (t, peer) in [(&tx, 2), (&rx, 1)] {
-            wait_for("both lanes to connect", Duration::from_secs(10), || {
-                let s = t.stats().peer(peer);
-                s.message_lane.connected_since.is_some() && s.append_lane.connected_since.is_some()
-            })?;
-        }
+        wait_connected(&tx, 2)?;
+        wait_connected(&rx, 1)?;
         print_config(tx.config(), M::NAME);
         Ok(Pair { tx, rx })
     }
 
     /// Every message dropped anywhere, on both nodes, for any reason.
     pub fn drops(&self) -> u64 {
-        [&self.tx, &self.rx]
-            .iter()
-            .map(|t| {
-                let s = t.stats();
-                s.peers
-                    .values()
-                    .map(|p| p.message_lane.dropped() + p.append_lane.dropped())
-                    .sum::<u64>()
-                    + s.dropped_unknown_peer
-                    + s.dropped_to_self
-                    + s.dropped_stopped
-                    + s.dropped_local_only
-                    + s.dropped_removed
-            })
-            .sum()
+        drops(&self.tx) + drops(&self.rx)
     }
 
     pub fn stop(self) {
         self.tx.stop();
         self.rx.stop();
     }
+}
+
+/// Waits until both of `t`'s lanes to `peer` are connected.
+pub fn wait_connected<M: Message>(t: &Transport<M>, peer: u64) -> Result<(), Error> {
+    wait_for("both lanes to connect", Duration::from_secs(10), || {
+        let s = t.stats().peer(peer);
+        s.message_lane.connected_since.is_some() && s.append_lane.connected_since.is_some()
+    })
+}
+
+/// Every message one transport dropped, for any reason.
+pub fn drops<M: Message>(t: &Transport<M>) -> u64 {
+    let s = t.stats();
+    s.peers
+        .values()
+        .map(|p| p.message_lane.dropped() + p.append_lane.dropped())
+        .sum::<u64>()
+        + s.dropped_unknown_peer
+        + s.dropped_to_self
+        + s.dropped_stopped
+        + s.dropped_local_only
+        + s.dropped_removed
 }
 
 /// What the consumer and the senders share.
@@ -335,7 +341,7 @@ fn spawn_consumer<M: BenchMsg>(t: &Transport<M>, s: Arc<Shared>) -> JoinHandle<C
         .expect("spawn consumer")
 }
 
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(), Error> {
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
     while !cond() {
         if Instant::now() > deadline {
@@ -346,7 +352,7 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Resu
     Ok(())
 }
 
-fn print_config(c: &Config, msg: &str) {
+pub fn print_config(c: &Config, msg: &str) {
     let d = Config::new(c.node_id, c.listen_addr);
     info(&format!(
         "raftwire config ({msg}): defaults except send_queue_len={} (default {}), \
@@ -459,17 +465,8 @@ fn heartbeats<M: BenchMsg>(
 }
 
 fn emit_latencies(workload: &str, lat_ns: &[u64], sent: u64) {
-    let mut v = lat_ns.to_vec();
-    v.sort_unstable();
+    let v = emit_percentiles(IMPL, workload, "hb", lat_ns);
     let us = |ns: u64| ns as f64 / 1e3;
-    emit(IMPL, workload, "hb_p50_us", us(percentile(&v, 50.0)));
-    emit(IMPL, workload, "hb_p99_us", us(percentile(&v, 99.0)));
-    emit(
-        IMPL,
-        workload,
-        "hb_max_us",
-        us(v.last().copied().unwrap_or(0)),
-    );
     emit(IMPL, workload, "hb_count", v.len() as f64);
     info(&format!(
         "{IMPL} {workload}: {sent} heartbeats sent, {} received; p90 {:.0} µs, \

@@ -1,7 +1,8 @@
-//! Medians, BENCH.md's JSON lines, and the Markdown table with ratios to
-//! RAW and the targets.
+//! Medians, BENCH.md's JSON lines, and the Markdown tables: raftwire
+//! against the Go peers and RAW, the ratios to RAW and the targets, TLS,
+//! the curve, W5.
 
-use crate::{CURVE_SIZES, Workload, pair, raw_tcp, size_name};
+use crate::{CURVE_SIZES, W5_SIZES, Workload, pair, peers, raw_tcp, size_name};
 use std::fmt::Write;
 
 /// The suffix of the implementation name of figures measured with the
@@ -74,14 +75,18 @@ fn num(v: f64) -> String {
     }
 }
 
+/// The value of `key` in a flat JSON object on one line (strings without
+/// commas or escapes, as this harness and peerbench write them).
+pub fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().trim_matches('"'))
+}
+
 /// Reads back the JSON lines this harness wrote (flat objects only).
 pub fn read_jsonl(text: &str) -> Vec<Agg> {
-    fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-        let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
-        let rest = &line[start..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        Some(rest[..end].trim().trim_matches('"'))
-    }
+    let field = json_field;
     text.lines()
         .filter_map(|line| {
             let n = |k| field(line, k).and_then(|v| v.parse::<f64>().ok());
@@ -106,9 +111,9 @@ pub fn find<'a>(aggs: &'a [Agg], imp: &str, workload: &str, metric: &str) -> Opt
 /// A figure for people: `1.23 M`, `5120`, `0.83`.
 fn human(v: f64, metric: &str) -> String {
     match metric {
-        "msgs_per_s" if v >= 1e6 => format!("{:.2} M", v / 1e6),
-        "msgs_per_s" if v >= 1e3 => format!("{:.1} k", v / 1e3),
-        "dropped" | "hb_count" => format!("{v:.0}"),
+        "msgs_per_s" | "proposals_per_s" if v >= 1e6 => format!("{:.2} M", v / 1e6),
+        "msgs_per_s" | "proposals_per_s" if v >= 1e3 => format!("{:.1} k", v / 1e3),
+        "dropped" | "proposals_dropped" | "hb_count" => format!("{v:.0}"),
         _ if v >= 100.0 => format!("{v:.0}"),
         _ if v >= 10.0 => format!("{v:.1}"),
         _ => format!("{v:.3}"),
@@ -167,6 +172,11 @@ const fn vs_raw(workload: &'static str, metric: &'static str, target: Target) ->
     row(workload, metric, Some((workload, metric)), target)
 }
 
+/// A row of W1 with raft-rs messages, compared with RAW's W1.
+const fn raft_w1(metric: &'static str, target: Target) -> Row {
+    row("w1-raft", metric, Some(("w1", metric)), target)
+}
+
 /// A row with no RAW figure.
 const fn own(workload: &'static str, metric: &'static str, target: Target) -> Row {
     row(workload, metric, None, target)
@@ -177,6 +187,10 @@ const ROWS: &[Row] = &[
     vs_raw("w1", "payload_MBps", Target::None),
     vs_raw("w1", "cpu_us_per_msg", Target::AtMost(0.25, "µs")),
     vs_raw("w1", "dropped", Target::AtMost(0.0, "")),
+    raft_w1("msgs_per_s", Target::RatioAtLeast(0.30)),
+    raft_w1("payload_MBps", Target::None),
+    raft_w1("cpu_us_per_msg", Target::AtMost(0.25, "µs")),
+    own("w1-raft", "dropped", Target::AtMost(0.0, "")),
     vs_raw("w2", "payload_MBps", Target::RatioAtLeast(0.80)),
     vs_raw("w2", "msgs_per_s", Target::None),
     vs_raw("w2", "cpu_us_per_msg", Target::RatioAtMost(1.5)),
@@ -225,11 +239,223 @@ fn ratio_text(r: f64, metric: &str) -> String {
     }
 }
 
-/// The results table, the curve table and the targets, as Markdown.
+/// One row of the lead table: raftwire's `workload`/`metric` beside the
+/// same metric of each peer (implementation, workload) and of RAW.
+struct Lead {
+    label: &'static str,
+    workload: &'static str,
+    metric: &'static str,
+    etcd: Option<(&'static str, &'static str)>,
+    hashicorp: Option<&'static str>,
+    /// RAW's implementation, workload and metric.
+    raw: Option<(&'static str, &'static str, &'static str)>,
+    /// Shown only when raftwire has the figure (rows whose peer and RAW
+    /// figures another row shows already).
+    optional: bool,
+}
+
+/// A lead row whose peers ran the same workload, and RAW `raw_imp` too.
+const fn lead(
+    label: &'static str,
+    workload: &'static str,
+    metric: &'static str,
+    raw_imp: Option<&'static str>,
+) -> Lead {
+    Lead {
+        label,
+        workload,
+        metric,
+        etcd: Some((peers::ETCD, workload)),
+        hashicorp: Some(workload),
+        raw: match raw_imp {
+            Some(imp) => Some((imp, workload, metric)),
+            None => None,
+        },
+        optional: false,
+    }
+}
+
+/// W1 with raft-rs messages: the peers' and RAW's W1 (their W1 is a raft
+/// append of one entry already).
+const fn lead_raft_w1(metric: &'static str) -> Lead {
+    Lead {
+        label: "W1 raft-rs MsgAppend",
+        workload: "w1-raft",
+        etcd: Some((peers::ETCD, "w1")),
+        hashicorp: Some("w1"),
+        raw: Some((raw_tcp::IMPL, "w1", metric)),
+        optional: true,
+        ..lead("", "", metric, None)
+    }
+}
+
+const LEAD: &[Lead] = &[
+    lead("W1 Envelope", "w1", "msgs_per_s", Some(raw_tcp::IMPL)),
+    lead("W1 Envelope", "w1", "cpu_us_per_msg", Some(raw_tcp::IMPL)),
+    lead("W1 Envelope", "w1", "dropped", Some(raw_tcp::IMPL)),
+    lead_raft_w1("msgs_per_s"),
+    lead_raft_w1("cpu_us_per_msg"),
+    lead_raft_w1("dropped"),
+    lead("W2", "w2", "payload_MBps", Some(raw_tcp::IMPL)),
+    lead("W2", "w2", "cpu_us_per_msg", Some(raw_tcp::IMPL)),
+    lead("W2", "w2", "dropped", Some(raw_tcp::IMPL)),
+    lead("W3-idle", "w3-idle", "hb_p50_us", Some(peers::RAWGO)),
+    lead("W3-idle", "w3-idle", "hb_p99_us", Some(peers::RAWGO)),
+    lead("W3-idle", "w3-idle", "hb_max_us", Some(peers::RAWGO)),
+    lead("W3-load", "w3-load", "hb_p50_us", Some(peers::RAWGO)),
+    lead("W3-load", "w3-load", "hb_p99_us", Some(peers::RAWGO)),
+    lead(
+        "W3-load",
+        "w3-load",
+        "load_payload_MBps",
+        Some(peers::RAWGO),
+    ),
+    lead("W3-load", "w3-load", "dropped", Some(peers::RAWGO)),
+    Lead {
+        raw: Some((raw_tcp::IMPL, "w2", "payload_MBps")),
+        ..lead("W4", "w4", "snapshot_MBps", None)
+    },
+    Lead {
+        etcd: Some((peers::ETCD_DISCARD, "w4")),
+        hashicorp: None,
+        ..lead(
+            "W4, etcd's receiver discarding",
+            "w4",
+            "snapshot_MBps",
+            None,
+        )
+    },
+    lead("W4", "w4", "peak_rss_MiB", None),
+    lead("W4", "w4", "cpu_s", None),
+];
+
+/// raftwire / other, as a factor.
+fn factor(mine: Option<&Agg>, other: Option<&Agg>) -> String {
+    match (mine, other) {
+        (Some(a), Some(b)) if b.value != 0.0 && !matches!(a.metric.as_str(), "dropped") => {
+            let r = a.value / b.value;
+            match r {
+                r if r >= 100.0 => format!("{r:.0}×"),
+                r if r >= 10.0 => format!("{r:.1}×"),
+                r => format!("{r:.2}×"),
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+/// The lead table: raftwire against etcd rafthttp, hashicorp/raft and RAW
+/// on every workload, each figure also as a ratio.
+fn lead_table(aggs: &[Agg]) -> String {
+    let mut s = String::from(
+        "raftwire against etcd rafthttp, hashicorp/raft and RAW, same invocation; median \
+         (min–max). Ratios are raftwire's figure divided by the other's: above 1 is better \
+         for rates, below 1 for latencies, CPU and memory. RAW is raw Rust TCP for W1 and W2 \
+         (W4: its W2 MB/s), raw Go TCP (`rawgo`, heartbeats on a connection of their own) for \
+         W3. The peers' W1 is a raft append with one 128-byte entry.\n\n\
+         | workload | metric | raftwire | etcd rafthttp | raftwire / etcd | hashicorp raft | \
+         raftwire / hashicorp | RAW | raftwire / RAW |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut peer_figures = false;
+    for r in LEAD {
+        let mine = find(aggs, pair::IMPL, r.workload, r.metric);
+        let etcd = r.etcd.and_then(|(imp, w)| find(aggs, imp, w, r.metric));
+        let hashi = r
+            .hashicorp
+            .and_then(|w| find(aggs, peers::HASHICORP, w, r.metric));
+        let raw = r.raw.and_then(|(imp, w, m)| find(aggs, imp, w, m));
+        peer_figures |= etcd.is_some() || hashi.is_some();
+        if mine.is_none() && (r.optional || (etcd.is_none() && hashi.is_none() && raw.is_none())) {
+            continue;
+        }
+        let raw_cell = match (r.raw, raw) {
+            (Some((peers::RAWGO, _, _)), Some(_)) => format!("{} (raw Go)", cell(raw)),
+            (Some((_, w, m)), Some(_)) if m != r.metric => {
+                format!("{} (RAW {})", cell(raw), w.to_uppercase())
+            }
+            _ => cell(raw),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            r.metric,
+            cell(mine),
+            cell(etcd),
+            factor(mine, etcd),
+            cell(hashi),
+            factor(mine, hashi),
+            raw_cell,
+            factor(mine, raw),
+        );
+    }
+    if !peer_figures {
+        s.push_str("\nNo figures of the Go peers in these results.\n");
+    }
+    s
+}
+
+/// W5's table: three raft-rs nodes over raftwire.
+fn w5_table(aggs: &[Agg]) -> String {
+    let rw = pair::IMPL;
+    let mut s = String::new();
+    let mut rows = Vec::new();
+    for size in W5_SIZES {
+        for bulk in [false, true] {
+            let w = Workload::W5 { size, bulk }.name();
+            if find(aggs, rw, &w, "proposals_per_s").is_some() {
+                rows.push((size, bulk, w));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\nW5: three raft-rs 0.7 `RawNode`s over raftwire, proposals at the leader (median \
+         (min–max)); commit = the leader's `Ready` hands the entry over as committed:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| entries | 1 MiB stream | proposals/s | commit p50 µs | commit p99 µs | commit max µs | \
+         1 MiB stream MB/s | CPU µs/proposal | dropped | proposals dropped |"
+    );
+    let _ = writeln!(
+        s,
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for (size, bulk, w) in rows {
+        let c = |m: &str| cell(find(aggs, rw, &w, m));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            size_name(size),
+            if bulk { "yes" } else { "no" },
+            c("proposals_per_s"),
+            c("commit_p50_us"),
+            c("commit_p99_us"),
+            c("commit_max_us"),
+            c("bulk_MBps"),
+            c("cpu_us_per_proposal"),
+            c("dropped"),
+            c("proposals_dropped"),
+        );
+    }
+    s
+}
+
+/// Every table, as Markdown: raftwire against the peers and RAW first, then
+/// raftwire against RAW with BENCH.md's targets, TLS, the curve and W5.
 pub fn markdown(aggs: &[Agg]) -> String {
     let rw = pair::IMPL;
     let raw = raw_tcp::IMPL;
-    let mut s = String::new();
+    let mut s = lead_table(aggs);
+    let _ = writeln!(
+        s,
+        "\nraftwire against RAW from the same invocation, and BENCH.md's targets:\n"
+    );
     let _ = writeln!(
         s,
         "| workload | metric | raftwire median (min–max) | raw-tcp median (min–max) | raftwire / raw | target | status |"
@@ -252,13 +478,13 @@ pub fn markdown(aggs: &[Agg]) -> String {
             Some((w, _)) if borrowed => format!("{} (RAW {w})", cell(base)),
             _ => cell(base),
         };
+        let of_raw = match r.raw {
+            Some((w, _)) if borrowed => format!(" {}", w.to_uppercase()),
+            _ => String::new(),
+        };
         let (target, status) = match r.target {
             Target::RatioAtLeast(x) => (
-                format!(
-                    "≥ {:.0} % of RAW{}",
-                    x * 100.0,
-                    if borrowed { " W2" } else { "" }
-                ),
+                format!("≥ {:.0} % of RAW{of_raw}", x * 100.0),
                 ratio.map(|q| q >= x),
             ),
             Target::RatioAtMost(x) => (format!("≤ {x}× RAW (per byte)"), ratio.map(|q| q <= x)),
@@ -366,6 +592,7 @@ pub fn markdown(aggs: &[Agg]) -> String {
             );
         }
     }
+    s.push_str(&w5_table(aggs));
     s
 }
 
