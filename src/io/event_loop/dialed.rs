@@ -45,10 +45,11 @@ impl EventLoop {
             };
             match event {
                 LinkEvent::Connected { reconnect } => {
-                    p.shared
-                        .set_connected(epoch, lane, l.link.connected_since());
+                    // Counted (reconnects) before it is published.
                     self.accounts
                         .note(Some(&p.shared), Incident::LaneConnected { lane, reconnect });
+                    p.shared
+                        .set_connected(epoch, lane, l.link.connected_since());
                 }
                 LinkEvent::Rejected { reason, first } => self.accounts.note(
                     Some(&p.shared),
@@ -65,7 +66,6 @@ impl EventLoop {
                     for b in lost.unsent {
                         give_back(&l.returns, b, UNREACHABLE);
                     }
-                    p.shared.set_connected(epoch, lane, None);
                     self.accounts.note(
                         Some(&p.shared),
                         Incident::Dropped {
@@ -84,6 +84,9 @@ impl EventLoop {
                             retry_in: lost.retry_at.saturating_duration_since(now),
                         },
                     );
+                    // Published last: whoever sees the lane down also sees
+                    // why (last_error) and what was dropped.
+                    p.shared.set_connected(epoch, lane, None);
                 }
             }
         }
