@@ -11,10 +11,12 @@
 //! machine is shared, and time spent waiting for a core is not the codec's.
 //! `GB/s` counts payload bytes (10^9 B/s). Baselines: `memcpy` (append the
 //! payload to a reused buffer, laid out as frames are) and `crc32c` (the
-//! checksum alone) are the floor that encoding and decoding a frame cannot
-//! beat.
+//! checksum alone, with the kernel the crate picked for this CPU, printed
+//! first) are the floor that encoding and decoding a frame cannot beat.
+//! `crc kernel fold` and `crc kernel crc32` time both checksum kernels
+//! whichever was picked (`fold` needs VPCLMULQDQ to be the faster one).
 
-use raftwire::testing::wire::{Deframer, FrameKind, encode_frame};
+use raftwire::testing::wire::{Deframer, FrameKind, Kernel, encode_frame};
 use raftwire::{Envelope, Message, MessageClass};
 use std::hint::black_box;
 use std::time::Duration;
@@ -138,6 +140,10 @@ struct Result {
 
 fn main() {
     let o = opts();
+    eprintln!(
+        "checksum kernel: {}",
+        raftwire::testing::wire::crc_implementation()
+    );
     let sizes: [(usize, &str); 5] = [
         (0, "empty"),
         (128 + 17, "W1 envelope (145 B)"),
@@ -169,7 +175,13 @@ fn main() {
             black_box(&buf);
         });
         run("crc32c (baseline)", size, 1, &mut || {
-            black_box(crc32c::crc32c(black_box(&payload)));
+            black_box(raftwire::testing::wire::crc32c(black_box(&payload)));
+        });
+        run("crc kernel fold", size, 1, &mut || {
+            black_box(Kernel::Fold.checksum(black_box(&payload)));
+        });
+        run("crc kernel crc32", size, 1, &mut || {
+            black_box(Kernel::Crc32.checksum(black_box(&payload)));
         });
         buf.clear();
         run("encode_frame", size, 1, &mut || {

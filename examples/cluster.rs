@@ -621,11 +621,11 @@ impl Driver {
     /// Writes to the state file, if there is one; a node that cannot
     /// persist must not go on.
     fn persist(&mut self, f: impl FnOnce(&mut Wal, &Disk) -> std::io::Result<()>) {
-        if let Some(w) = self.wal.as_mut() {
-            if let Err(e) = f(w, &self.disk) {
-                eprintln!("node {}: cannot write {}: {e}", self.id, w.path.display());
-                std::process::exit(2);
-            }
+        if let Some(w) = self.wal.as_mut()
+            && let Err(e) = f(w, &self.disk)
+        {
+            eprintln!("node {}: cannot write {}: {e}", self.id, w.path.display());
+            std::process::exit(2);
         }
     }
 

@@ -826,11 +826,11 @@ impl Chaos {
     fn run_window(&mut self, plan: &Plan) {
         let leader = self.cluster.leader().map(|s| s.id);
         let mut perm = plan.perm.clone();
-        if plan.leader_first {
-            if let Some(l) = leader {
-                let at = perm.iter().position(|&x| x == l).unwrap();
-                perm.swap(0, at);
-            }
+        if plan.leader_first
+            && let Some(l) = leader
+        {
+            let at = perm.iter().position(|&x| x == l).unwrap();
+            perm.swap(0, at);
         }
         let (down, blocked) = plan.effects(&perm);
         *self.kinds.entry(plan.kind()).or_default() += 1;

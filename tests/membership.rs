@@ -78,12 +78,12 @@ impl FakePeer {
             match mode {
                 FakeMode::Mute => held.push(s),
                 FakeMode::AcceptThenSilent => {
-                    if let Some(lane) = read_hello(&mut s) {
-                        if !answered[lane.index()] {
-                            answered[lane.index()] = true;
-                            s.write_all(&Response::Accept.encode()).unwrap();
-                            let _ = tx.send(FakeEvent::Accepted(lane));
-                        }
+                    if let Some(lane) = read_hello(&mut s)
+                        && !answered[lane.index()]
+                    {
+                        answered[lane.index()] = true;
+                        s.write_all(&Response::Accept.encode()).unwrap();
+                        let _ = tx.send(FakeEvent::Accepted(lane));
                     }
                     held.push(s);
                 }

@@ -126,10 +126,12 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                     }
                     _ => None,
                 };
-                if let Some(t) = target {
-                    if t != me && !t.is_empty() && !me.is_empty() {
-                        deps.insert(t);
-                    }
+                if let Some(t) = target
+                    && t != me
+                    && !t.is_empty()
+                    && !me.is_empty()
+                {
+                    deps.insert(t);
                 }
             }
         }
@@ -169,10 +171,10 @@ fn find_cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     }
     let mut state = BTreeMap::new();
     for n in g.keys() {
-        if state.get(n.as_str()).copied().unwrap_or(0) == 0 {
-            if let Some(c) = visit(n, g, &mut state, &mut Vec::new()) {
-                return Some(c);
-            }
+        if state.get(n.as_str()).copied().unwrap_or(0) == 0
+            && let Some(c) = visit(n, g, &mut state, &mut Vec::new())
+        {
+            return Some(c);
         }
     }
     None

@@ -282,10 +282,10 @@ impl Counts {
         if self.appends == s.total.load(Relaxed) {
             self.out.end = Some(Stamp::now());
         }
-        if let Some(r) = &s.recycle {
-            if let Some(buf) = m.into_payload() {
-                let _ = r.send(buf);
-            }
+        if let Some(r) = &s.recycle
+            && let Some(buf) = m.into_payload()
+        {
+            let _ = r.send(buf);
         }
     }
 

@@ -192,11 +192,11 @@ impl Source {
         let stamp = out.join("built-from");
         let from = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
         let same = std::fs::read_to_string(&stamp).is_ok_and(|s| Path::new(s.trim()) == from);
-        if let (true, Some(built), Some(sources)) = (same, mtime(&cached), newest(&dir)) {
-            if built >= sources {
-                eprintln!("peers: peerbench built earlier: {}", cached.display());
-                return Ok(cached);
-            }
+        if let (true, Some(built), Some(sources)) = (same, mtime(&cached), newest(&dir))
+            && built >= sources
+        {
+            eprintln!("peers: peerbench built earlier: {}", cached.display());
+            return Ok(cached);
         }
         eprintln!(
             "peers: building peerbench: {} {} (installs Go with apt if missing; about a minute)",

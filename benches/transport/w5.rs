@@ -167,10 +167,10 @@ impl Proposer {
         if self.start.is_none() && now - first >= self.warmup {
             self.start = Some(Stamp::now());
         }
-        if let (Some(s), None) = (self.start, self.end) {
-            if now - s.at >= self.duration {
-                self.end = Some(Stamp::now());
-            }
+        if let (Some(s), None) = (self.start, self.end)
+            && now - s.at >= self.duration
+        {
+            self.end = Some(Stamp::now());
         }
         if let Some(e) = self.end {
             if !self.pending.iter().any(|p| p.2) {

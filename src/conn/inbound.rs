@@ -505,10 +505,10 @@ impl Inbounds {
     /// Forgets connection `id`.
     pub fn remove(&mut self, id: ConnId) -> Option<InConn> {
         let conn = self.conns.remove(&id)?;
-        if let Some(key) = conn.accepted {
-            if self.by_lane.get(&key) == Some(&id) {
-                self.by_lane.remove(&key);
-            }
+        if let Some(key) = conn.accepted
+            && self.by_lane.get(&key) == Some(&id)
+        {
+            self.by_lane.remove(&key);
         }
         Some(conn)
     }

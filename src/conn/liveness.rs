@@ -61,10 +61,11 @@ impl Liveness {
         if now.saturating_duration_since(self.last_read) >= read_timeout {
             return LivenessCheck::ReadTimeout;
         }
-        if let Some(wt) = write_timeout {
-            if self.write_pending && now.saturating_duration_since(self.write_progress) >= wt {
-                return LivenessCheck::WriteTimeout;
-            }
+        if let Some(wt) = write_timeout
+            && self.write_pending
+            && now.saturating_duration_since(self.write_progress) >= wt
+        {
+            return LivenessCheck::WriteTimeout;
         }
         if !self.write_pending && now.saturating_duration_since(self.last_write) >= heartbeat {
             return LivenessCheck::SendHeartbeat;

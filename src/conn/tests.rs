@@ -306,11 +306,11 @@ impl Pair {
     fn advance(&mut self, d: Duration) {
         self.now += d;
         self.link.handle_timeout(self.now);
-        if let Some(a) = &mut self.accept {
-            if let Some(r) = a.handle_timeout(self.now, &self.credit) {
-                self.closed = Some(r);
-                self.accept = None;
-            }
+        if let Some(a) = &mut self.accept
+            && let Some(r) = a.handle_timeout(self.now, &self.credit)
+        {
+            self.closed = Some(r);
+            self.accept = None;
         }
         self.collect_events();
         if let Some(t) = self.link.poll_timeout() {
@@ -929,7 +929,7 @@ fn the_verifier_of_a_streamed_snapshot_checks_size_and_the_whole_checksum() {
     assert_eq!(whole(&[&a, &b], end), Ok(()));
     // The checksum the frame decoder computed on the way is used as is.
     let mut v = Verifier::new(8000);
-    v.chunk(&a, Some(crc32c::crc32c(&a))).unwrap();
+    v.chunk(&a, Some(crate::wire::crc::crc32c(&a))).unwrap();
     v.chunk(&b, None).unwrap();
     assert_eq!(v.end(&end), Ok(()));
     assert!(matches!(

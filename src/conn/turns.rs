@@ -150,11 +150,9 @@ impl Lines {
     /// The next connection to serve.
     pub fn pop(&mut self) -> Option<ConnId> {
         let bulk_turn = self.run >= URGENT_RUN || self.urgent.is_empty();
-        if bulk_turn {
-            if let Some(id) = self.bulk.pop_front() {
-                self.run = 0;
-                return Some(id);
-            }
+        if bulk_turn && let Some(id) = self.bulk.pop_front() {
+            self.run = 0;
+            return Some(id);
         }
         let id = self.urgent.pop_front()?;
         if !self.bulk.is_empty() {

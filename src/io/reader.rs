@@ -240,10 +240,10 @@ impl<M: Message> Reader<M> {
             if !self.held.is_empty() && self.release_held().is_err() {
                 return;
             }
-            if let Some(id) = self.ready.pop() {
-                if self.serve(id).is_err() {
-                    return;
-                }
+            if let Some(id) = self.ready.pop()
+                && self.serve(id).is_err()
+            {
+                return;
             }
         }
     }
@@ -251,11 +251,11 @@ impl<M: Message> Reader<M> {
     /// Puts a connection in line to be served (once): message lanes are
     /// served before append lanes and snapshots.
     fn wake(&mut self, id: ConnId) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            if !c.queued {
-                c.queued = true;
-                self.ready.push(id, c.class());
-            }
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.queued
+        {
+            c.queued = true;
+            self.ready.push(id, c.class());
         }
     }
 
@@ -795,13 +795,12 @@ impl<M: Message> Reader<M> {
 
     /// The verdict on a hello, sent to the loop typed.
     fn handshake(&mut self, id: ConnId, c: &mut Incoming, parsed: Result<HelloParse, HelloError>) {
-        if parsed.is_err() {
-            if let State::Hello(h) = &c.state {
-                if h.looks_like_tls() {
-                    self.accounts
-                        .note(None, Incident::TlsToPlaintext { addr: c.peer_addr });
-                }
-            }
+        if parsed.is_err()
+            && let State::Hello(h) = &c.state
+            && h.looks_like_tls()
+        {
+            self.accounts
+                .note(None, Incident::TlsToPlaintext { addr: c.peer_addr });
         }
         let reporter = &self.reporter;
         let verdict = self

@@ -131,6 +131,12 @@ impl<M: Message> Runtime<M> {
             rt.shutdown();
             return Err(Error::Io(e));
         }
+        log::debug!(
+            "node {}: listening on {}, checksum kernel {}",
+            rt.shared.config.node_id,
+            rt.local_addr,
+            crate::wire::crc::implementation()
+        );
         Ok(rt)
     }
 

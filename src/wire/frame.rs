@@ -166,7 +166,7 @@ fn parse_header(h: &[u8], max: u32) -> Result<Header, FrameError> {
 /// A frame's checksum: CRC-32C of the header's first 8 bytes, then of the
 /// payload.
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(header_crc(header), payload)
+    crc::crc32c_append(header_crc(header), payload)
 }
 
 /// The CRC-32C of a header's first 8 bytes.
@@ -182,7 +182,7 @@ fn verify(frame: &[u8], h: &Header, combiner: &mut Combiner) -> Result<Option<u3
     let payload = &frame[FRAME_HEADER_LEN..];
     let (actual, payload_crc) =
         if h.kind == FrameKind::SnapshotChunk && payload.len() >= PAYLOAD_CRC_MIN {
-            let p = crc32c::crc32c(payload);
+            let p = crc::crc32c(payload);
             let whole = combiner.combine(header_crc(frame), p, payload.len());
             (whole, Some(p))
         } else {
@@ -206,7 +206,7 @@ pub(crate) fn seal_chunk_frame(out: &mut [u8], combiner: &mut Combiner) -> u32 {
     BigEndian::write_u32(&mut out[0..4], payload_len as u32);
     out[4] = FrameKind::SnapshotChunk as u8;
     out[5..8].fill(0);
-    let p = crc32c::crc32c(&out[FRAME_HEADER_LEN..]);
+    let p = crc::crc32c(&out[FRAME_HEADER_LEN..]);
     let crc = if payload_len >= PAYLOAD_CRC_MIN {
         combiner.combine(header_crc(out), p, payload_len)
     } else {
@@ -264,7 +264,7 @@ pub(crate) fn encode_frame_owned(
     frame[4] = kind as u8;
     let mut crc = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..]);
     if let Some(t) = &tail {
-        crc = crc32c::crc32c_append(crc, t);
+        crc = crc::crc32c_append(crc, t);
     }
     BigEndian::write_u32(&mut frame[8..12], crc);
     Ok(tail)
@@ -483,7 +483,7 @@ mod tests {
             sealed.extend_from_slice(&payload);
             let p = seal_chunk_frame(&mut sealed, &mut combiner);
             assert_eq!(sealed, generic, "{len}");
-            assert_eq!(p, crc32c::crc32c(&payload));
+            assert_eq!(p, crc::crc32c(&payload));
             // Decoded whole and split, the payload CRC comes along for large chunks.
             for split in [sealed.len(), sealed.len() / 2 + 1] {
                 let mut d = Deframer::new(1 << 21);

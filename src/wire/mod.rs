@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod snapshot;
 pub(crate) mod split;
 
+pub use crc::{Kernel, crc32c, implementation as crc_implementation};
 pub use frame::{
     Cursor, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame, heartbeat_frame,
 };

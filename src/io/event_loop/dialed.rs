@@ -35,10 +35,10 @@ impl EventLoop {
             let l = &mut p.lanes[lane];
             let Some(event) = l.link.poll_event() else {
                 let (at, conn) = (l.link.poll_timeout(), l.link.conn());
-                if let Some((id, c)) = conn {
-                    if !c.outbox().is_empty() {
-                        self.mark(id, Ready::WRITE);
-                    }
+                if let Some((id, c)) = conn
+                    && !c.outbox().is_empty()
+                {
+                    self.mark(id, Ready::WRITE);
                 }
                 self.schedule(at);
                 return;
