@@ -198,6 +198,20 @@ impl Config {
         }
     }
 
+    /// What the checksums of the frames this node sends on the connections
+    /// it dials cover: the header only under TLS (unless
+    /// [`TlsConfig::with_payload_checksums`](crate::tls::TlsConfig::with_payload_checksums)
+    /// asks for more), header and payload otherwise.
+    pub(crate) fn sent_checksums(&self) -> crate::wire::Checksums {
+        #[cfg(feature = "tls")]
+        if let Some(t) = &self.tls
+            && !t.payload_checksums()
+        {
+            return crate::wire::Checksums::HeaderOnly;
+        }
+        crate::wire::Checksums::Full
+    }
+
     /// Checks every field; the error names the first field that is wrong
     /// and why.
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -121,12 +121,13 @@ impl SnapshotReader {
         peer: u64,
         progress_timeout: Duration,
         feedback: Box<dyn Feedback>,
+        checksums: crate::wire::Checksums,
     ) -> SnapshotReader {
         SnapshotReader {
             rx,
             cur: Vec::new(),
             pos: 0,
-            verifier: Verifier::new(size),
+            verifier: Verifier::new(size, checksums),
             state: ReadState::Reading,
             peer,
             progress_timeout,

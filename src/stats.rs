@@ -160,6 +160,7 @@ pub(crate) struct TlsCounters {
     pub wrong_identity: AtomicU64,
     pub refused_by_peer: AtomicU64,
     pub other: AtomicU64,
+    pub header_only_checksums: AtomicU64,
 }
 
 impl TlsCounters {
@@ -190,6 +191,7 @@ impl TlsCounters {
             wrong_identity: self.wrong_identity.load(Relaxed),
             refused_by_peer: self.refused_by_peer.load(Relaxed),
             other: self.other.load(Relaxed),
+            header_only_checksums: self.header_only_checksums.load(Relaxed),
         }
     }
 }
@@ -223,6 +225,11 @@ pub struct TlsStats {
     pub refused_by_peer: u64,
     /// Other TLS errors.
     pub other: u64,
+    /// Inbound connections accepted whose dialer checksums only frame
+    /// headers, TLS authenticating the payload (the default between
+    /// raftwire nodes under TLS; see `TlsConfig::with_payload_checksums`).
+    /// Not a failure.
+    pub header_only_checksums: u64,
 }
 
 impl TlsStats {

@@ -13,7 +13,8 @@ use common::*;
 
 use crossbeam_channel::Receiver;
 use raftwire::testing::wire::{
-    FrameKind, HELLO_LEN, Hello, Lane, RESPONSE_LEN, Response, encode_frame, heartbeat_frame,
+    Checksums, FrameKind, HELLO_LEN, Hello, Lane, RESPONSE_LEN, Response, encode_frame,
+    heartbeat_frame,
 };
 use raftwire::{Envelope, Message, MessageClass, RejectReason, ReportEvent, Transport};
 use std::io::{ErrorKind, Read, Write};
@@ -660,6 +661,29 @@ fn removed_member_is_rejected_on_both_sides() {
     assert_eq!(st.non_peers.rejected_inbound, st.inbound_rejected);
     assert_eq!(st.inbound_accepted, 0);
     assert!(dialer.t.active_peers().is_empty());
+}
+
+#[test]
+fn a_plaintext_node_refuses_header_only_checksums() {
+    // Unchecked payloads are for TLS connections only: over plaintext the
+    // hello flag is refused, so nothing goes unverified.
+    let acceptor = node(1);
+    let hello = Hello::new(Lane::Message, CLUSTER, 2, 1).with_checksums(Checksums::HeaderOnly);
+    let bytes = hello.encode();
+    assert_eq!(bytes[7], 1, "flag bit 0");
+    let mut s = connect(acceptor.t.local_addr());
+    s.write_all(&bytes).unwrap();
+    let (got, _, _) = read_until_closed(&mut s, Duration::from_secs(2));
+    assert_eq!(
+        Response::decode(&got),
+        Some(Ok(Response::Reject(RejectReason::BadFlags)))
+    );
+    let t = &acceptor.t;
+    wait_until("the rejection to be counted", 2, || {
+        t.stats().inbound_rejected == 1
+    });
+    assert_eq!(t.stats().inbound_accepted, 0);
+    assert_eq!(t.stats().tls.header_only_checksums, 0);
 }
 
 #[test]

@@ -191,6 +191,68 @@ fn members_talk_over_mutual_tls() {
         assert!(s.handshakes >= 8, "node {}: {s:?}", n.t.node_id());
         assert_eq!(s.failures(), 0, "node {}: {s:?}", n.t.node_id());
         assert_eq!(n.t.stats().protocol_errors, 0);
+        // By default the payload is TLS's to guard: both lanes from each
+        // of two peers checksum frame headers only.
+        assert!(
+            s.header_only_checksums >= 4,
+            "node {}: {s:?}",
+            n.t.node_id()
+        );
+    }
+}
+
+/// Sends messages of several sizes and a streamed snapshot from `a` to
+/// `b`, and checks every byte arrived.
+fn exchange(a: &Node, b: &Node, seed: usize) {
+    let (ia, ib) = (a.t.node_id(), b.t.node_id());
+    let sent: Vec<Envelope> = [0usize, 145, 70_000, 1 << 20]
+        .iter()
+        .map(|&size| {
+            let payload: Vec<u8> = (0..size).map(|j| (j * 13 + seed) as u8).collect();
+            Envelope::new(ib, ia, MessageClass::Append, payload)
+        })
+        .collect();
+    a.t.send(sent.clone());
+    assert_eq!(recv_n(b.t.messages(), sent.len(), 5), sent);
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| ((i as usize * 31 + seed) >> 2) as u8)
+        .collect();
+    let msg = env(ib, ia, MessageClass::Snapshot, b"snap");
+    a.t.send_snapshot(msg, std::io::Cursor::new(data.clone()), data.len() as u64)
+        .unwrap();
+    let mut incoming =
+        b.t.snapshots()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap();
+    let mut got = Vec::new();
+    incoming.data.read_to_end(&mut got).unwrap();
+    assert!(got == data, "snapshot data differs");
+    wait_event(&a.events, 5, |e| {
+        *e == ReportEvent::Snapshot(ib, SnapshotStatus::Finish)
+    });
+}
+
+#[test]
+fn payload_checksums_are_each_senders_choice_under_tls() {
+    let ca = ca("cluster CA");
+    // Node 1 leaves the payload to TLS (the default); node 2 checksums it.
+    let one = member(&ca, 1);
+    let two = tls_node(
+        2,
+        tls(&ca, &[&ca], Leaf::node(2)).with_payload_checksums(true),
+    );
+    let nodes = vec![one, two];
+    connect_all(&nodes);
+    exchange(&nodes[0], &nodes[1], 1);
+    exchange(&nodes[1], &nodes[0], 2);
+    let (s1, s2) = (nodes[0].t.stats(), nodes[1].t.stats());
+    // Node 2 heard header-only checksums from node 1 (two lanes and the
+    // snapshot connection); node 1 heard full ones from node 2.
+    assert!(s2.tls.header_only_checksums >= 3, "{:?}", s2.tls);
+    assert_eq!(s1.tls.header_only_checksums, 0, "{:?}", s1.tls);
+    for s in [&s1, &s2] {
+        assert_eq!(s.protocol_errors, 0);
+        assert_eq!(s.tls.failures(), 0);
     }
 }
 

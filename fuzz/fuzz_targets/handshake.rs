@@ -19,7 +19,7 @@ use common::Control;
 use libfuzzer_sys::fuzz_target;
 use raftwire::testing::wire::{
     HELLO_LEN, Hello, HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN,
-    RejectReason, Response, ResponseError,
+    RejectReason, Response, ResponseError, handshake::FLAG_HEADER_CHECKSUMS,
 };
 use std::fmt::Debug;
 
@@ -106,7 +106,8 @@ fn check(h: &Hello, cluster: u64, local: u64, removed: bool) {
     });
     let want = if h.version != PROTOCOL_VERSION {
         Err(RejectReason::UnsupportedVersion)
-    } else if h.flags != 0 {
+    } else if h.flags & !FLAG_HEADER_CHECKSUMS != 0 {
+        // Bit 0 is known here; the acceptor decides on it with TLS.
         Err(RejectReason::BadFlags)
     } else if Lane::from_u8(h.lane).is_none() {
         Err(RejectReason::UnknownLane)

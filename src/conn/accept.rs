@@ -5,7 +5,7 @@
 //! loop's [`InConn`](super::inbound::InConn) writes the response.
 
 use crate::error::ProtocolViolation;
-use crate::wire::{HELLO_LEN, Hello, HelloError, HelloParse, Lane, RejectReason};
+use crate::wire::{Checksums, HELLO_LEN, Hello, HelloError, HelloParse, Lane, RejectReason};
 
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -44,8 +44,12 @@ impl HelloBuf {
 /// The acceptor's answer to a hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Frames from `from` on `lane` follow.
-    Accept { from: u64, lane: Lane },
+    /// Frames from `from` on `lane` follow, checksummed as `checksums` says.
+    Accept {
+        from: u64,
+        lane: Lane,
+        checksums: Checksums,
+    },
     /// Answered with a reject, then closed. `hello` is what was refused
     /// (absent for an unsupported version, whose layout is unknown).
     Reject {
@@ -103,6 +107,9 @@ impl Acceptor {
                 // With TLS, the certificate says who the dialer is.
                 if self.tls && tls_node != Some(hello.from) {
                     Err(RejectReason::IdentityMismatch)
+                } else if !self.tls && hello.checksums() == Checksums::HeaderOnly {
+                    // Unchecked payloads only where TLS authenticates them.
+                    Err(RejectReason::BadFlags)
                 } else {
                     Ok(lane)
                 }
@@ -111,6 +118,7 @@ impl Acceptor {
             Ok(lane) => Verdict::Accept {
                 from: hello.from,
                 lane,
+                checksums: hello.checksums(),
             },
             Err(reason) => Verdict::Reject {
                 hello: Some(hello),

@@ -301,7 +301,7 @@ impl InConn {
     /// closes the connection once it is written.
     pub fn handle_verdict(&mut self, verdict: &Verdict, now: Instant) {
         match *verdict {
-            Verdict::Accept { from, lane } => {
+            Verdict::Accept { from, lane, .. } => {
                 self.accepted = Some((from, lane));
                 self.outbox.push_control(&Response::Accept.encode());
                 self.liveness = Liveness::new(now);
@@ -494,7 +494,7 @@ impl Inbounds {
         let conn = self.conns.get_mut(&id)?;
         conn.handle_verdict(verdict, now);
         match *verdict {
-            Verdict::Accept { from, lane } if lane != Lane::Snapshot => self
+            Verdict::Accept { from, lane, .. } if lane != Lane::Snapshot => self
                 .by_lane
                 .insert((from, lane), id)
                 .filter(|old| *old != id && self.conns.contains_key(old)),

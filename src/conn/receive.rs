@@ -8,7 +8,7 @@
 use super::snapshot::{SnapshotFailure, Verifier};
 use crate::error::ProtocolViolation;
 use crate::message::Message;
-use crate::wire::{AckStatus, Frame, FrameKind, SnapshotBegin, SnapshotEnd};
+use crate::wire::{AckStatus, Checksums, Frame, FrameKind, SnapshotBegin, SnapshotEnd};
 
 /// One frame of a message or append lane: `Ok(None)` for a link heartbeat,
 /// the message and its encoded size otherwise.
@@ -89,17 +89,29 @@ pub(crate) enum SnapStep<'a> {
 #[derive(Debug)]
 pub(crate) struct SnapRecv {
     state: SnapState,
+    checksums: Checksums,
 }
 
 impl Default for SnapRecv {
     fn default() -> Self {
-        SnapRecv {
-            state: SnapState::AwaitBegin,
-        }
+        SnapRecv::new(Checksums::Full)
     }
 }
 
 impl SnapRecv {
+    /// A stream whose sender checksums as its hello said.
+    pub fn new(checksums: Checksums) -> SnapRecv {
+        SnapRecv {
+            state: SnapState::AwaitBegin,
+            checksums,
+        }
+    }
+
+    /// What the sender's checksums cover (and so what a verifier checks).
+    pub fn checksums(&self) -> Checksums {
+        self.checksums
+    }
+
     /// One frame from the sender.
     pub fn handle<'f>(
         &mut self,
@@ -121,7 +133,7 @@ impl SnapRecv {
                 if begin.inline {
                     self.state = SnapState::Inline {
                         buf: Vec::new(),
-                        verifier: Verifier::new(begin.size),
+                        verifier: Verifier::new(begin.size, self.checksums),
                     };
                     return Ok(SnapStep::Nothing);
                 }

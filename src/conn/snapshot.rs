@@ -8,10 +8,8 @@
 
 use crate::error::CloseReason;
 use crate::wire::crc::Combiner;
-use crate::wire::frame::seal_chunk_frame;
-use crate::wire::{
-    AckStatus, FRAME_HEADER_LEN, FrameKind, SnapshotBegin, SnapshotEnd, encode_frame,
-};
+use crate::wire::frame::{Checksums, encode_frame_with, seal_chunk_frame};
+use crate::wire::{AckStatus, FRAME_HEADER_LEN, FrameKind, SnapshotBegin, SnapshotEnd};
 use std::fmt;
 use std::io;
 use std::time::Duration;
@@ -146,22 +144,26 @@ impl fmt::Display for SnapshotFailure {
 
 /// Checks a snapshot's data against what the sender announced: never more
 /// than the size, and at the end frame exactly the size and the CRC-32C of
-/// the whole.
+/// the whole. On a connection with [`Checksums::HeaderOnly`] (TLS
+/// authenticates the bytes) the sender computes no checksum, and only the
+/// size is checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Verifier {
     size: u64,
     received: u64,
     crc: u32,
     combiner: Combiner,
+    checksums: Checksums,
 }
 
 impl Verifier {
-    pub fn new(size: u64) -> Verifier {
+    pub fn new(size: u64, checksums: Checksums) -> Verifier {
         Verifier {
             size,
             received: 0,
             crc: 0,
             combiner: Combiner::default(),
+            checksums,
         }
     }
 
@@ -181,10 +183,12 @@ impl Verifier {
             return Err(SnapshotFailure::TooLong { size: self.size });
         }
         self.received = received;
-        self.crc = match crc {
-            Some(p) => self.combiner.combine(self.crc, p, data.len()),
-            None => crate::wire::crc::crc32c_append(self.crc, data),
-        };
+        if self.checksums == Checksums::Full {
+            self.crc = match crc {
+                Some(p) => self.combiner.combine(self.crc, p, data.len()),
+                None => crate::wire::crc::crc32c_append(self.crc, data),
+            };
+        }
         Ok(())
     }
 
@@ -197,7 +201,7 @@ impl Verifier {
                 end: end.size,
             });
         }
-        if end.crc != self.crc {
+        if self.checksums == Checksums::Full && end.crc != self.crc {
             return Err(SnapshotFailure::ChecksumMismatch {
                 sender: end.crc,
                 received: self.crc,
@@ -209,8 +213,10 @@ impl Verifier {
 
 /// The frames of one outgoing snapshot stream: a begin frame, chunk frames
 /// whose payload is read straight into the frame buffer, and an end frame
-/// with the size and the CRC-32C of all the data. The data must be exactly
-/// as long as announced: a source that ends early or goes on is a failure.
+/// with the size and the CRC-32C of all the data (0 with
+/// [`Checksums::HeaderOnly`], where nothing is checksummed but headers).
+/// The data must be exactly as long as announced: a source that ends early
+/// or goes on is a failure.
 #[derive(Debug)]
 pub(crate) struct ChunkEncoder {
     size: u64,
@@ -219,12 +225,19 @@ pub(crate) struct ChunkEncoder {
     combiner: Combiner,
     chunk_len: usize,
     max_frame_len: u32,
+    checksums: Checksums,
 }
 
 impl ChunkEncoder {
     /// A stream of `size` bytes in chunks of `chunk_len` (at most
-    /// `max_frame_len`, which `Config::validate` ensures).
-    pub fn new(size: u64, chunk_len: usize, max_frame_len: u32) -> ChunkEncoder {
+    /// `max_frame_len`, which `Config::validate` ensures), its frames
+    /// checksummed as `checksums` says.
+    pub fn new(
+        size: u64,
+        chunk_len: usize,
+        max_frame_len: u32,
+        checksums: Checksums,
+    ) -> ChunkEncoder {
         ChunkEncoder {
             size,
             sent: 0,
@@ -232,6 +245,7 @@ impl ChunkEncoder {
             combiner: Combiner::default(),
             chunk_len: chunk_len.max(1),
             max_frame_len,
+            checksums,
         }
     }
 
@@ -243,10 +257,11 @@ impl ChunkEncoder {
             inline: message.is_none(),
         };
         let mut buf = Vec::with_capacity(64 + message.map_or(0, |m| m.len()));
-        encode_frame(
+        encode_frame_with(
             &mut buf,
             FrameKind::SnapshotBegin,
             self.max_frame_len,
+            self.checksums,
             |b| begin.encode(b, |b| b.extend_from_slice(message.unwrap_or(&[]))),
         )
         .map_err(SnapshotFailure::MessageTooLarge)?;
@@ -284,8 +299,9 @@ impl ChunkEncoder {
             });
         }
         frame.truncate(FRAME_HEADER_LEN + got);
-        let payload_crc = seal_chunk_frame(frame, &mut self.combiner);
-        self.crc = self.combiner.combine(self.crc, payload_crc, got);
+        if let Some(p) = seal_chunk_frame(frame, &mut self.combiner, self.checksums) {
+            self.crc = self.combiner.combine(self.crc, p, got);
+        }
         self.sent += got as u64;
         Ok(true)
     }
@@ -298,9 +314,13 @@ impl ChunkEncoder {
             crc: self.crc,
         };
         // 12 bytes fit any max_frame_len that fits a chunk.
-        let _ = encode_frame(&mut end, FrameKind::SnapshotEnd, u32::MAX, |b| {
-            b.extend_from_slice(&e.encode())
-        });
+        let _ = encode_frame_with(
+            &mut end,
+            FrameKind::SnapshotEnd,
+            u32::MAX,
+            self.checksums,
+            |b| b.extend_from_slice(&e.encode()),
+        );
         end
     }
 }

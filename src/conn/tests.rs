@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::error::{CloseReason, ProtocolViolation};
 use crate::message::{Envelope, Message, MessageClass};
 use crate::wire::{
-    AckStatus, Deframer, FRAME_HEADER_LEN, FrameKind, Hello, Lane, RejectReason, SnapshotEnd,
-    encode_frame,
+    AckStatus, Checksums, Deframer, FRAME_HEADER_LEN, FrameKind, Hello, Lane, RejectReason,
+    SnapshotEnd, encode_frame,
 };
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -125,7 +125,7 @@ impl ReaderHalf {
                 .acceptor
                 .verdict(parsed, None, |id| removed.contains(&id));
             match v {
-                Verdict::Accept { from, lane } => self.open = Some((from, lane)),
+                Verdict::Accept { from, lane, .. } => self.open = Some((from, lane)),
                 _ => self.done = true,
             }
             verdict = Some(v);
@@ -696,7 +696,8 @@ fn the_verdict_on_a_hello() {
         verdict(ok, false),
         Verdict::Accept {
             from: 1,
-            lane: Lane::Append
+            lane: Lane::Append,
+            checksums: Checksums::Full,
         }
     );
     let reason = |v: Verdict| match v {
@@ -728,6 +729,24 @@ fn the_verdict_on_a_hello() {
         reason(tls.verdict(parse(), Some(3), |_| false)),
         RejectReason::IdentityMismatch
     );
+    // Header-only checksums: granted under TLS, refused in plaintext.
+    let header_only = ok.with_checksums(Checksums::HeaderOnly);
+    let parse_ho = || {
+        let mut b = HelloBuf::default();
+        b.handle_bytes(&header_only.encode()).1.unwrap()
+    };
+    assert_eq!(
+        tls.verdict(parse_ho(), Some(1), |_| false),
+        Verdict::Accept {
+            from: 1,
+            lane: Lane::Append,
+            checksums: Checksums::HeaderOnly,
+        }
+    );
+    assert_eq!(
+        reason(me.verdict(parse_ho(), None, |_| false)),
+        RejectReason::BadFlags
+    );
     // Not a hello: no answer at all.
     let mut b = HelloBuf::default();
     let (_, parsed) = b.handle_bytes(b"GET / HTTP/1.1\r\n");
@@ -750,6 +769,7 @@ fn too_many_inbound_connections_evict_the_oldest_stranger_and_never_a_peer() {
     let accept = Verdict::Accept {
         from: 9,
         lane: Lane::Message,
+        checksums: Checksums::Full,
     };
     assert_eq!(ins.handle_verdict(1, &accept, t0), None);
     assert_eq!(ins.admission(), Admission::Evict(2));
@@ -807,8 +827,15 @@ fn snapshot_conn(step: usize, from_receiver: &[u8]) -> Vec<OutEvent> {
 }
 
 fn frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+    frame_with(kind, payload, Checksums::Full)
+}
+
+fn frame_with(kind: FrameKind, payload: &[u8], mode: Checksums) -> Vec<u8> {
     let mut f = Vec::new();
-    encode_frame(&mut f, kind, u32::MAX, |b| b.extend_from_slice(payload)).unwrap();
+    crate::wire::encode_frame_with(&mut f, kind, u32::MAX, mode, |b| {
+        b.extend_from_slice(payload)
+    })
+    .unwrap();
     f
 }
 
@@ -837,8 +864,8 @@ fn a_snapshot_connection_hears_the_verdict_and_nothing_a_lane_would() {
 }
 
 /// A whole inline snapshot stream of `data`, its frames as they go out.
-fn inline_stream(data: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-    let mut enc = ChunkEncoder::new(data.len() as u64, chunk, 1 << 20);
+fn inline_stream(data: &[u8], chunk: usize, mode: Checksums) -> Vec<Vec<u8>> {
+    let mut enc = ChunkEncoder::new(data.len() as u64, chunk, 1 << 20, mode);
     let mut frames = vec![enc.begin_frame(None).unwrap()];
     let mut pos = 0;
     loop {
@@ -857,11 +884,13 @@ fn inline_stream(data: &[u8], chunk: usize) -> Vec<Vec<u8>> {
 }
 
 /// Runs a snapshot stream through a deframer (`step` bytes at a time) and
-/// the receive machine; returns what the machine asked for.
-fn receive(frames: &[Vec<u8>], step: usize) -> Vec<String> {
+/// the receive machine, both expecting checksums as `mode` says; returns
+/// what the machine asked for, or the frame error.
+fn receive(frames: &[Vec<u8>], step: usize, mode: Checksums) -> Vec<String> {
     let wire: Vec<u8> = frames.concat();
     let mut d = Deframer::new(1 << 20);
-    let mut recv = SnapRecv::default();
+    d.set_checksums(mode);
+    let mut recv = SnapRecv::new(mode);
     let limits = SnapLimits {
         max_snapshot_len: 1 << 30,
         max_inline_len: 1 << 20,
@@ -870,7 +899,14 @@ fn receive(frames: &[Vec<u8>], step: usize) -> Vec<String> {
     for piece in wire.chunks(step) {
         let mut cursor = d.feed(piece);
         while let Some(f) = cursor.next() {
-            match recv.handle(&f.unwrap(), limits).unwrap() {
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    steps.push(format!("frame error {}", e.name()));
+                    continue;
+                }
+            };
+            match recv.handle(&f, limits).unwrap() {
                 SnapStep::Nothing => {}
                 SnapStep::Inline(buf) => steps.push(format!("inline {}", buf.len())),
                 SnapStep::Refuse(s, _) => steps.push(format!("refuse {s}")),
@@ -884,9 +920,14 @@ fn receive(frames: &[Vec<u8>], step: usize) -> Vec<String> {
 #[test]
 fn an_inline_snapshot_whose_size_or_checksum_is_wrong_is_never_reported_good() {
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+    let full = Checksums::Full;
     for step in [1, 11, 12, 13, 4096, 100_000] {
-        let good = inline_stream(&data, 3000);
-        assert_eq!(receive(&good, step), vec!["inline 10000"], "step {step}");
+        let good = inline_stream(&data, 3000, full);
+        assert_eq!(
+            receive(&good, step, full),
+            vec!["inline 10000"],
+            "step {step}"
+        );
         // A chunk whose data changed but whose frame checksum was made to
         // match: only the checksum of the whole catches it.
         let mut bad = good.clone();
@@ -894,23 +935,87 @@ fn an_inline_snapshot_whose_size_or_checksum_is_wrong_is_never_reported_good() {
         let mut flipped = payload.clone();
         flipped[100] ^= 1;
         bad[2] = frame(FrameKind::SnapshotChunk, &flipped);
-        assert_eq!(receive(&bad, step), vec!["refuse checksum_mismatch"]);
+        assert_eq!(receive(&bad, step, full), vec!["refuse checksum_mismatch"]);
         // An end frame that announces another size.
         let mut bad = good.clone();
         let crc = crc_of(&[&data]);
         let end = SnapshotEnd { size: 9_999, crc };
         *bad.last_mut().unwrap() = frame(FrameKind::SnapshotEnd, &end.encode());
-        assert_eq!(receive(&bad, step), vec!["refuse size_mismatch"]);
+        assert_eq!(receive(&bad, step, full), vec!["refuse size_mismatch"]);
         // A chunk too many: refused as soon as the data passes the size.
         let mut bad = good.clone();
         let extra = bad[1].clone();
         bad.insert(2, extra);
-        assert_eq!(receive(&bad, step), vec!["refuse size_mismatch"]);
+        assert_eq!(receive(&bad, step, full), vec!["refuse size_mismatch"]);
         // A chunk missing.
         let mut bad = good.clone();
         bad.remove(1);
-        assert_eq!(receive(&bad, step), vec!["refuse size_mismatch"]);
+        assert_eq!(receive(&bad, step, full), vec!["refuse size_mismatch"]);
     }
+}
+
+#[test]
+fn header_only_checksums_skip_the_payload_but_still_check_headers_and_sizes() {
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+    let ho = Checksums::HeaderOnly;
+    for step in [1, 11, 12, 13, 4096, 100_000] {
+        let good = inline_stream(&data, 3000, ho);
+        // The end frame carries no checksum of the whole.
+        let end_payload = &good.last().unwrap()[FRAME_HEADER_LEN..];
+        assert_eq!(SnapshotEnd::decode(end_payload).unwrap().crc, 0);
+        assert_eq!(
+            receive(&good, step, ho),
+            vec!["inline 10000"],
+            "step {step}"
+        );
+        // A receiver that expects full checksums refuses the first frame
+        // with a payload; one that expects header-only refuses full ones.
+        assert_eq!(
+            receive(&good, step, Checksums::Full),
+            vec!["frame error bad_checksum"]
+        );
+        let full = inline_stream(&data, 3000, Checksums::Full);
+        assert_eq!(receive(&full, step, ho), vec!["frame error bad_checksum"]);
+        // A damaged header is still caught.
+        let mut bad = good.clone();
+        bad[1][5] = 0; // flags stay zero, but the length changes:
+        bad[1][3] ^= 1;
+        let got = receive(&bad, step, ho);
+        assert_eq!(
+            got.first().map(String::as_str),
+            Some("frame error bad_checksum")
+        );
+        // Sizes are checked as with full checksums.
+        let mut bad = good.clone();
+        bad.remove(1);
+        assert_eq!(receive(&bad, step, ho), vec!["refuse size_mismatch"]);
+        let mut bad = good.clone();
+        let end = SnapshotEnd {
+            size: 9_999,
+            crc: 0,
+        };
+        *bad.last_mut().unwrap() = frame_with(FrameKind::SnapshotEnd, &end.encode(), ho);
+        assert_eq!(receive(&bad, step, ho), vec!["refuse size_mismatch"]);
+    }
+    // The verifier ignores the end frame's checksum in this mode only.
+    let mut v = Verifier::new(3, ho);
+    v.chunk(b"abc", None).unwrap();
+    assert_eq!(
+        v.end(&SnapshotEnd {
+            size: 3,
+            crc: 12345
+        }),
+        Ok(())
+    );
+    let mut v = Verifier::new(3, Checksums::Full);
+    v.chunk(b"abc", None).unwrap();
+    assert!(matches!(
+        v.end(&SnapshotEnd {
+            size: 3,
+            crc: 12345
+        }),
+        Err(SnapshotFailure::ChecksumMismatch { .. })
+    ));
 }
 
 #[test]
@@ -919,7 +1024,7 @@ fn the_verifier_of_a_streamed_snapshot_checks_size_and_the_whole_checksum() {
     let b = vec![2u8; 3000];
     let crc = crc_of(&[&a, &b]);
     let whole = |chunks: &[&[u8]], end: SnapshotEnd| {
-        let mut v = Verifier::new(8000);
+        let mut v = Verifier::new(8000, Checksums::Full);
         for c in chunks {
             v.chunk(c, None)?;
         }
@@ -928,7 +1033,7 @@ fn the_verifier_of_a_streamed_snapshot_checks_size_and_the_whole_checksum() {
     let end = SnapshotEnd { size: 8000, crc };
     assert_eq!(whole(&[&a, &b], end), Ok(()));
     // The checksum the frame decoder computed on the way is used as is.
-    let mut v = Verifier::new(8000);
+    let mut v = Verifier::new(8000, Checksums::Full);
     v.chunk(&a, Some(crate::wire::crc::crc32c(&a))).unwrap();
     v.chunk(&b, None).unwrap();
     assert_eq!(v.end(&end), Ok(()));
@@ -953,7 +1058,7 @@ fn the_verifier_of_a_streamed_snapshot_checks_size_and_the_whole_checksum() {
 
 #[test]
 fn the_chunk_encoder_refuses_data_shorter_or_longer_than_announced() {
-    let mut enc = ChunkEncoder::new(10, 4, 1 << 20);
+    let mut enc = ChunkEncoder::new(10, 4, 1 << 20, Checksums::Full);
     let mut sent = 0;
     let mut f = Vec::new();
     loop {
@@ -966,14 +1071,14 @@ fn the_chunk_encoder_refuses_data_shorter_or_longer_than_announced() {
         assert!(f.len() <= FRAME_HEADER_LEN + 4);
     }
     assert_eq!(sent, 10);
-    let mut enc = ChunkEncoder::new(10, 4, 1 << 20);
+    let mut enc = ChunkEncoder::new(10, 4, 1 << 20, Checksums::Full);
     let room = enc.prepare(&mut f).len();
     assert_eq!(room, 4);
     assert_eq!(
         enc.seal(&mut f, 3),
         Err(SnapshotFailure::SourceShort { sent: 3, size: 10 })
     );
-    let mut enc = ChunkEncoder::new(0, 4, 1 << 20);
+    let mut enc = ChunkEncoder::new(0, 4, 1 << 20, Checksums::Full);
     assert_eq!(
         enc.prepare(&mut f).len(),
         1,
@@ -984,7 +1089,7 @@ fn the_chunk_encoder_refuses_data_shorter_or_longer_than_announced() {
         Err(SnapshotFailure::SourceLong { size: 0 })
     );
     let big = vec![0u8; 100];
-    let enc = ChunkEncoder::new(1, 4, 50);
+    let enc = ChunkEncoder::new(1, 4, 50, Checksums::Full);
     assert_eq!(
         enc.begin_frame(Some(&big)),
         Err(SnapshotFailure::MessageTooLarge(109))
@@ -1038,7 +1143,14 @@ fn no_connection_asks_to_be_woken_in_the_past_once_its_timers_ran() {
             &mut Fresh(c.read_chunk_len),
             &mut |b| assert!(credit.release(b.len(), c.conn_read_cap) || credit.inflight() == 0),
         );
-        conn.handle_verdict(&Verdict::Accept { from: 1, lane }, t0);
+        conn.handle_verdict(
+            &Verdict::Accept {
+                from: 1,
+                lane,
+                checksums: Checksums::Full,
+            },
+            t0,
+        );
         let mut now = t0;
         for i in 1..200u32 {
             now += MS * (i % 7);

@@ -28,7 +28,7 @@ use crate::message::{Message, MessageClass};
 use crate::reporter::Reporter;
 use crate::snapshot::{IncomingSnapshot, Parking, SnapItem, SnapshotReader};
 use crate::wire::{
-    AckStatus, Cursor, Deframer, FRAME_HEADER_LEN, Frame, HelloError, HelloParse, Lane,
+    AckStatus, Checksums, Cursor, Deframer, FRAME_HEADER_LEN, Frame, HelloError, HelloParse, Lane,
 };
 use crossbeam_channel::{Receiver, Sender, select};
 use log::debug;
@@ -632,7 +632,8 @@ impl<M: Message> Reader<M> {
         match step {
             SnapStep::Nothing => {}
             SnapStep::Begin { size, message } => {
-                match self.snapshot_begin(id, from, size, message, peer)? {
+                let checksums = snap.recv.checksums();
+                match self.snapshot_begin(id, from, (size, checksums), message, peer)? {
                     Ok(Some(out)) => {
                         snap.recv.streaming();
                         snap.out = Some(out);
@@ -672,7 +673,7 @@ impl<M: Message> Reader<M> {
         &mut self,
         id: ConnId,
         from: u64,
-        size: u64,
+        (size, checksums): (u64, Checksums),
         message: &[u8],
         peer: Option<&PeerShared>,
     ) -> Result<Result<Option<StreamOut>, ProtocolViolation>, Stopped> {
@@ -714,6 +715,7 @@ impl<M: Message> Reader<M> {
             from,
             cfg.snapshot_progress_timeout,
             Box::new(port),
+            checksums,
         );
         log::info!(
             "node {}: receiving a snapshot of {size} bytes from node {from}",
@@ -807,9 +809,24 @@ impl<M: Message> Reader<M> {
             .acceptor
             .verdict(parsed, c.tls_node, |from| reporter.is_id_removed(from));
         match &verdict {
-            Verdict::Accept { from, lane } => {
+            Verdict::Accept {
+                from,
+                lane,
+                checksums,
+            } => {
                 let (from, lane) = (*from, *lane);
                 self.accounts.global.inbound_accepted.fetch_add(1, Relaxed);
+                c.deframer.set_checksums(*checksums);
+                if *checksums == Checksums::HeaderOnly {
+                    let tls = &self.accounts.global.tls;
+                    tls.header_only_checksums.fetch_add(1, Relaxed);
+                }
+                if lane == Lane::Snapshot {
+                    c.snap = Some(SnapIn {
+                        recv: SnapRecv::new(*checksums),
+                        out: None,
+                    });
+                }
                 debug!(
                     "node {}: accepted {lane} connection from node {from} ({:?})",
                     self.shared.config.node_id, c.peer_addr

@@ -172,7 +172,12 @@ impl Streamer {
         }
         self.progress = Instant::now();
         let cfg = &job.config;
-        let mut enc = ChunkEncoder::new(job.size, cfg.snapshot_chunk_len, cfg.max_frame_len);
+        let mut enc = ChunkEncoder::new(
+            job.size,
+            cfg.snapshot_chunk_len,
+            cfg.max_frame_len,
+            cfg.sent_checksums(),
+        );
         self.push(job, enc.begin_frame(job.message.as_deref())?)?;
 
         // Stream the data.

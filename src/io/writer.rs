@@ -13,7 +13,7 @@ use crate::error::DropReason;
 use crate::lanes::QueuedLane;
 use crate::message::Message;
 use crate::wire::FrameKind;
-use crate::wire::frame::encode_frame_owned;
+use crate::wire::frame::{Checksums, encode_frame_owned};
 use crossbeam_channel::{Receiver, select};
 use log::error;
 use std::marker::PhantomData;
@@ -46,6 +46,8 @@ pub(crate) struct Writer<M> {
     inflight: usize,
     /// …and the messages in them.
     inflight_msgs: u64,
+    /// What the frame checksums cover (the hello tells the receiver).
+    checksums: Checksums,
     _m: PhantomData<fn() -> M>,
 }
 
@@ -59,6 +61,7 @@ enum Wait<M> {
 impl<M: Message> Writer<M> {
     pub fn new(ctx: WriterCtx<M>) -> Writer<M> {
         Writer {
+            checksums: ctx.config.sent_checksums(),
             ctx,
             spare: Vec::new(),
             inflight: 0,
@@ -224,6 +227,7 @@ impl<M: Message> Writer<M> {
                 FrameKind::Message,
                 cfg.max_frame_len,
                 MIN_OWNED_TAIL,
+                self.checksums,
                 |b| q.msg.encode_owned(b),
             );
             match encoded {

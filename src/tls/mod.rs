@@ -152,6 +152,7 @@ pub struct TlsConfig {
     key: Arc<PrivateKeyDer<'static>>,
     cas: Vec<CertificateDer<'static>>,
     identity: PeerIdentity,
+    payload_checksums: bool,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -161,6 +162,7 @@ impl fmt::Debug for TlsConfig {
             .field("key", &format_args!("<private>"))
             .field("cas", &format_args!("{} certificates", self.cas.len()))
             .field("identity", &self.identity)
+            .field("payload_checksums", &self.payload_checksums)
             .finish()
     }
 }
@@ -196,6 +198,7 @@ impl TlsConfig {
             key: Arc::new(key),
             cas,
             identity: PeerIdentity::SanUri,
+            payload_checksums: false,
         }
     }
 
@@ -229,6 +232,24 @@ impl TlsConfig {
     pub fn with_identity(mut self, identity: PeerIdentity) -> TlsConfig {
         self.identity = identity;
         self
+    }
+
+    /// Whether the frames this node sends carry a CRC-32C of their payload
+    /// as well as of their header (default `false`). TLS record protection
+    /// (an AEAD) already authenticates every byte, so by default a node
+    /// asks in its hello for header-only checksums on the connections it
+    /// dials, and a snapshot stream carries no whole-stream checksum (its
+    /// size is still checked). Each direction is the sender's choice: a
+    /// node with this `true` still accepts header-only frames from peers
+    /// that ask for them. docs/PROTOCOL.md, "Checksums under TLS".
+    pub fn with_payload_checksums(mut self, on: bool) -> TlsConfig {
+        self.payload_checksums = on;
+        self
+    }
+
+    /// See [`with_payload_checksums`](TlsConfig::with_payload_checksums).
+    pub fn payload_checksums(&self) -> bool {
+        self.payload_checksums
     }
 }
 

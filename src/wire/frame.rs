@@ -8,8 +8,10 @@
 //! ```
 //!
 //! All integers are big-endian. `crc32c` is CRC-32C (Castagnoli) over the
-//! first 8 header bytes followed by the payload. `flags` and `reserved` must
-//! be zero in protocol version 1. The length is checked against the
+//! first 8 header bytes followed by the payload, or over the 8 header bytes
+//! alone on a connection whose dialer asked for [`Checksums::HeaderOnly`]
+//! in its hello (only under TLS, whose AEAD authenticates every byte).
+//! `flags` and `reserved` must be zero in protocol version 1. The length is checked against the
 //! receiver's limit as soon as the 12-byte header is complete, before any
 //! buffer is grown for the payload.
 
@@ -82,6 +84,19 @@ pub struct Frame<'a> {
     /// the way (snapshot chunks of at least [`PAYLOAD_CRC_MIN`] bytes): a
     /// caller that checksums the payload again can use this instead.
     pub payload_crc: Option<u32>,
+}
+
+/// What a frame's checksum covers on one direction of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Checksums {
+    /// The 8 checksummed header bytes, then the payload.
+    #[default]
+    Full,
+    /// The 8 header bytes only: the payload is not checksummed, because the
+    /// connection's TLS record protection already authenticates it. Asked
+    /// for by the dialer in its hello (flag bit 0), accepted only under TLS.
+    HeaderOnly,
 }
 
 /// Snapshot chunks at least this long are checksummed payload first, and
@@ -163,10 +178,13 @@ fn parse_header(h: &[u8], max: u32) -> Result<Header, FrameError> {
     Ok(Header { len, kind, crc })
 }
 
-/// A frame's checksum: CRC-32C of the header's first 8 bytes, then of the
-/// payload.
-fn checksum(header: &[u8], payload: &[u8]) -> u32 {
-    crc::crc32c_append(header_crc(header), payload)
+/// A frame's checksum: CRC-32C of the header's first 8 bytes, then (with
+/// [`Checksums::Full`]) of the payload.
+fn checksum(header: &[u8], payload: &[u8], mode: Checksums) -> u32 {
+    match mode {
+        Checksums::Full => crc::crc32c_append(header_crc(header), payload),
+        Checksums::HeaderOnly => header_crc(header),
+    }
 }
 
 /// The CRC-32C of a header's first 8 bytes.
@@ -178,16 +196,22 @@ fn header_crc(header: &[u8]) -> u32 {
 
 /// Checks a frame's checksum; returns the payload's own checksum when it
 /// was computed on the way (large snapshot chunks).
-fn verify(frame: &[u8], h: &Header, combiner: &mut Combiner) -> Result<Option<u32>, FrameError> {
+fn verify(
+    frame: &[u8],
+    h: &Header,
+    combiner: &mut Combiner,
+    mode: Checksums,
+) -> Result<Option<u32>, FrameError> {
     let payload = &frame[FRAME_HEADER_LEN..];
-    let (actual, payload_crc) =
-        if h.kind == FrameKind::SnapshotChunk && payload.len() >= PAYLOAD_CRC_MIN {
-            let p = crc::crc32c(payload);
-            let whole = combiner.combine(header_crc(frame), p, payload.len());
-            (whole, Some(p))
-        } else {
-            (checksum(&frame[0..8], payload), None)
-        };
+    let (actual, payload_crc) = if mode == Checksums::HeaderOnly {
+        (header_crc(frame), None)
+    } else if h.kind == FrameKind::SnapshotChunk && payload.len() >= PAYLOAD_CRC_MIN {
+        let p = crc::crc32c(payload);
+        let whole = combiner.combine(header_crc(frame), p, payload.len());
+        (whole, Some(p))
+    } else {
+        (checksum(&frame[0..8], payload, mode), None)
+    };
     if actual != h.crc {
         return Err(FrameError::BadChecksum {
             expected: h.crc,
@@ -200,20 +224,30 @@ fn verify(frame: &[u8], h: &Header, combiner: &mut Combiner) -> Result<Option<u3
 /// Appends a snapshot chunk frame whose payload is already in `out`
 /// after `start + FRAME_HEADER_LEN`, filling in the header at `start`.
 /// Returns the payload's own CRC-32C (computed once, for both the frame
-/// checksum and the caller's checksum of the whole snapshot).
-pub(crate) fn seal_chunk_frame(out: &mut [u8], combiner: &mut Combiner) -> u32 {
+/// checksum and the caller's checksum of the whole snapshot), or `None`
+/// with [`Checksums::HeaderOnly`], where the payload is not checksummed.
+pub(crate) fn seal_chunk_frame(
+    out: &mut [u8],
+    combiner: &mut Combiner,
+    mode: Checksums,
+) -> Option<u32> {
     let payload_len = out.len() - FRAME_HEADER_LEN;
     BigEndian::write_u32(&mut out[0..4], payload_len as u32);
     out[4] = FrameKind::SnapshotChunk as u8;
     out[5..8].fill(0);
+    if mode == Checksums::HeaderOnly {
+        let crc = header_crc(out);
+        BigEndian::write_u32(&mut out[8..12], crc);
+        return None;
+    }
     let p = crc::crc32c(&out[FRAME_HEADER_LEN..]);
     let crc = if payload_len >= PAYLOAD_CRC_MIN {
         combiner.combine(header_crc(out), p, payload_len)
     } else {
-        checksum(&out[0..8], &out[FRAME_HEADER_LEN..])
+        checksum(&out[0..8], &out[FRAME_HEADER_LEN..], mode)
     };
     BigEndian::write_u32(&mut out[8..12], crc);
-    p
+    Some(p)
 }
 
 /// Appends one frame to `out`: reserves the header, lets `write_payload`
@@ -228,7 +262,18 @@ pub fn encode_frame(
     max_len: u32,
     write_payload: impl FnOnce(&mut Vec<u8>),
 ) -> Result<(), usize> {
-    encode_frame_owned(out, kind, max_len, 0, |b| {
+    encode_frame_with(out, kind, max_len, Checksums::Full, write_payload)
+}
+
+/// Like [`encode_frame`], with the checksum covering what `mode` says.
+pub fn encode_frame_with(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    max_len: u32,
+    mode: Checksums,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), usize> {
+    encode_frame_owned(out, kind, max_len, 0, mode, |b| {
         write_payload(b);
         None
     })
@@ -239,12 +284,14 @@ pub fn encode_frame(
 /// buffer of their own (see [`Message::encode_owned`](crate::Message::encode_owned)).
 /// Such a tail of at least `min_tail` bytes is not copied: it is returned,
 /// to be written right after `out`. A shorter one is appended to `out`.
-/// The checksum covers the whole payload either way.
+/// The checksum covers the whole payload either way (with
+/// [`Checksums::Full`]).
 pub(crate) fn encode_frame_owned(
     out: &mut Vec<u8>,
     kind: FrameKind,
     max_len: u32,
     min_tail: usize,
+    mode: Checksums,
     write_payload: impl FnOnce(&mut Vec<u8>) -> Option<Vec<u8>>,
 ) -> Result<Option<Vec<u8>>, usize> {
     let start = out.len();
@@ -262,8 +309,10 @@ pub(crate) fn encode_frame_owned(
     let frame = &mut out[start..];
     BigEndian::write_u32(&mut frame[0..4], payload_len as u32);
     frame[4] = kind as u8;
-    let mut crc = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..]);
-    if let Some(t) = &tail {
+    let mut crc = checksum(&frame[0..8], &frame[FRAME_HEADER_LEN..], mode);
+    if let Some(t) = &tail
+        && mode == Checksums::Full
+    {
         crc = crc::crc32c_append(crc, t);
     }
     BigEndian::write_u32(&mut frame[8..12], crc);
@@ -274,7 +323,8 @@ pub(crate) fn encode_frame_owned(
 pub fn heartbeat_frame() -> [u8; FRAME_HEADER_LEN] {
     let mut b = [0u8; FRAME_HEADER_LEN];
     b[4] = FrameKind::Heartbeat as u8;
-    let crc = checksum(&b[0..8], &[]);
+    // The same bytes whatever a connection's checksums: no payload.
+    let crc = checksum(&b[0..8], &[], Checksums::Full);
     BigEndian::write_u32(&mut b[8..12], crc);
     b
 }
@@ -307,6 +357,7 @@ pub fn heartbeat_frame() -> [u8; FRAME_HEADER_LEN] {
 #[derive(Debug)]
 pub struct Deframer {
     combiner: Combiner,
+    checksums: Checksums,
     partial: Vec<u8>,
     partial_done: bool,
     max_len: u32,
@@ -318,11 +369,18 @@ impl Deframer {
     pub fn new(max_len: u32) -> Deframer {
         Deframer {
             combiner: Combiner::default(),
+            checksums: Checksums::Full,
             partial: Vec::new(),
             partial_done: false,
             max_len,
             failed: false,
         }
+    }
+
+    /// What the checksums of the frames to come cover (default
+    /// [`Checksums::Full`]): set once the hello has been accepted.
+    pub fn set_checksums(&mut self, mode: Checksums) {
+        self.checksums = mode;
     }
 
     /// Starts decoding `input`; pull frames with [`Cursor::next`] until it
@@ -419,7 +477,8 @@ impl<'d, 'i> Cursor<'d, 'i> {
                 return None;
             }
         }
-        let payload_crc = match verify(&self.d.partial, &h, &mut self.d.combiner) {
+        let payload_crc = match verify(&self.d.partial, &h, &mut self.d.combiner, self.d.checksums)
+        {
             Ok(p) => p,
             Err(e) => return self.fail(e),
         };
@@ -452,7 +511,7 @@ impl<'d, 'i> Cursor<'d, 'i> {
         let input: &'i [u8] = self.input;
         let frame = &input[..total];
         self.input = &input[total..];
-        let payload_crc = match verify(frame, &h, &mut self.d.combiner) {
+        let payload_crc = match verify(frame, &h, &mut self.d.combiner, self.d.checksums) {
             Ok(p) => p,
             Err(e) => return self.fail(e),
         };
@@ -481,9 +540,23 @@ mod tests {
             .unwrap();
             let mut sealed = vec![0xAA; FRAME_HEADER_LEN];
             sealed.extend_from_slice(&payload);
-            let p = seal_chunk_frame(&mut sealed, &mut combiner);
+            let p = seal_chunk_frame(&mut sealed, &mut combiner, Checksums::Full).unwrap();
             assert_eq!(sealed, generic, "{len}");
             assert_eq!(p, crc::crc32c(&payload));
+            // Header-only: the generic encoder's bytes too, and no payload CRC.
+            let mut generic_ho = Vec::new();
+            encode_frame_with(
+                &mut generic_ho,
+                FrameKind::SnapshotChunk,
+                1 << 21,
+                Checksums::HeaderOnly,
+                |b| b.extend_from_slice(&payload),
+            )
+            .unwrap();
+            let mut sealed_ho = vec![0xAA; FRAME_HEADER_LEN];
+            sealed_ho.extend_from_slice(&payload);
+            let none = seal_chunk_frame(&mut sealed_ho, &mut combiner, Checksums::HeaderOnly);
+            assert_eq!((none, &sealed_ho), (None, &generic_ho), "{len}");
             // Decoded whole and split, the payload CRC comes along for large chunks.
             for split in [sealed.len(), sealed.len() / 2 + 1] {
                 let mut d = Deframer::new(1 << 21);
@@ -494,12 +567,12 @@ mod tests {
                         let mut c = d.feed(&sealed[split..]);
                         let f = c.next().unwrap().unwrap();
                         assert_eq!(f.payload, &payload[..]);
-                        assert_eq!(f.payload_crc, (len >= PAYLOAD_CRC_MIN).then_some(p));
+                        assert_eq!(f.payload_crc, Some(p).filter(|_| len >= PAYLOAD_CRC_MIN));
                         continue;
                     }
                 };
                 assert_eq!(f.payload, &payload[..]);
-                assert_eq!(f.payload_crc, (len >= PAYLOAD_CRC_MIN).then_some(p));
+                assert_eq!(f.payload_crc, Some(p).filter(|_| len >= PAYLOAD_CRC_MIN));
             }
             // Any flipped bit (a sample of positions) is caught.
             for pos in (0..sealed.len()).step_by(sealed.len() / 7 + 1) {
@@ -682,28 +755,44 @@ mod tests {
             (3, 0, 1),
         ] {
             let payload: Vec<u8> = (0..head + tail).map(|i| (i * 13) as u8).collect();
-            let mut plain = Vec::new();
-            encode_frame(&mut plain, FrameKind::Message, 1 << 20, |b| {
-                b.extend_from_slice(&payload)
-            })
-            .unwrap();
-            let mut out = vec![9u8; 7];
-            let t = encode_frame_owned(&mut out, FrameKind::Message, 1 << 20, min_tail, |b| {
-                b.extend_from_slice(&payload[..head]);
-                Some(payload[head..].to_vec())
-            })
-            .unwrap();
-            assert_eq!(t.is_some(), tail >= min_tail);
-            let mut joined = out[7..].to_vec();
-            joined.extend_from_slice(&t.unwrap_or_default());
-            assert_eq!(joined, plain, "head {head}, tail {tail}");
+            for mode in [Checksums::Full, Checksums::HeaderOnly] {
+                let mut plain = Vec::new();
+                encode_frame_with(&mut plain, FrameKind::Message, 1 << 20, mode, |b| {
+                    b.extend_from_slice(&payload)
+                })
+                .unwrap();
+                let mut out = vec![9u8; 7];
+                let t = encode_frame_owned(
+                    &mut out,
+                    FrameKind::Message,
+                    1 << 20,
+                    min_tail,
+                    mode,
+                    |b| {
+                        b.extend_from_slice(&payload[..head]);
+                        Some(payload[head..].to_vec())
+                    },
+                )
+                .unwrap();
+                assert_eq!(t.is_some(), tail >= min_tail);
+                let mut joined = out[7..].to_vec();
+                joined.extend_from_slice(&t.unwrap_or_default());
+                assert_eq!(joined, plain, "head {head}, tail {tail}, {mode:?}");
+            }
         }
         // Too long with its tail: refused, `out` as it was.
         let mut out = vec![1, 2, 3];
-        let r = encode_frame_owned(&mut out, FrameKind::Message, 100, 10, |b| {
-            b.extend_from_slice(&[0; 50]);
-            Some(vec![0; 60])
-        });
+        let r = encode_frame_owned(
+            &mut out,
+            FrameKind::Message,
+            100,
+            10,
+            Checksums::Full,
+            |b| {
+                b.extend_from_slice(&[0; 50]);
+                Some(vec![0; 60])
+            },
+        );
         assert_eq!(r, Err(110));
         assert_eq!(out, vec![1, 2, 3]);
     }
@@ -716,6 +805,58 @@ mod tests {
         });
         assert_eq!(r, Err(5));
         assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn header_only_frames_decode_at_every_split_and_check_their_header() {
+        let ho = Checksums::HeaderOnly;
+        let mut bytes = Vec::new();
+        for n in [0usize, 1, 145, 5000] {
+            let payload: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+            encode_frame_with(&mut bytes, FrameKind::Message, 1 << 20, ho, |b| {
+                b.extend_from_slice(&payload)
+            })
+            .unwrap();
+            bytes.extend_from_slice(&heartbeat_frame());
+        }
+        for split in 0..=bytes.len() {
+            let mut d = Deframer::new(1 << 20);
+            d.set_checksums(ho);
+            let got = decode_all(&mut d, &[&bytes[..split], &bytes[split..]]);
+            let lens: Vec<usize> = got.iter().map(|r| r.as_ref().unwrap().1.len()).collect();
+            assert_eq!(lens, vec![0, 0, 1, 0, 145, 0, 5000, 0], "split {split}");
+        }
+        // The checksum is the header's: a changed payload byte passes (TLS
+        // guards it), a changed header byte does not.
+        let mut one = Vec::new();
+        encode_frame_with(&mut one, FrameKind::Message, 1 << 20, ho, |b| {
+            b.extend_from_slice(b"hello")
+        })
+        .unwrap();
+        assert_eq!(
+            BigEndian::read_u32(&one[8..12]),
+            crc::crc32c(&one[0..8]),
+            "the CRC-32C of the first 8 header bytes"
+        );
+        let mut payload_changed = one.clone();
+        payload_changed[FRAME_HEADER_LEN] ^= 1;
+        let mut d = Deframer::new(1 << 20);
+        d.set_checksums(ho);
+        assert!(d.feed(&payload_changed).next().unwrap().is_ok());
+        let mut header_changed = one.clone();
+        header_changed[4] = FrameKind::Heartbeat as u8;
+        let mut d = Deframer::new(1 << 20);
+        d.set_checksums(ho);
+        assert!(matches!(
+            d.feed(&header_changed).next(),
+            Some(Err(FrameError::BadChecksum { .. }))
+        ));
+        // A receiver expecting full checksums refuses the frame.
+        let mut d = Deframer::new(1 << 20);
+        assert!(matches!(
+            d.feed(&one).next(),
+            Some(Err(FrameError::BadChecksum { .. }))
+        ));
     }
 }
 

@@ -7,7 +7,8 @@
 //!  4..6   version (u16)                       4..6  acceptor's version (u16)
 //!  6      lane (0 message, 1 append,          6     status (0 accept, 1 reject)
 //!         2 snapshot)
-//!  7      flags (0)                           7     reason (0 if accepted)
+//!  7      flags (bit 0: header-only           7     reason (0 if accepted)
+//!         checksums, TLS only)
 //!  8..16  cluster id (u64)
 //! 16..24  sender (from) id (u64)
 //! 24..32  intended receiver (to) id (u64)
@@ -17,6 +18,7 @@
 //! future version, so an acceptor can answer "unsupported version" to a hello
 //! whose remaining layout it does not know.
 
+use super::frame::Checksums;
 use byteorder::{BigEndian, ByteOrder};
 use std::fmt;
 
@@ -28,6 +30,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const HELLO_LEN: usize = 32;
 /// Bytes in a response.
 pub const RESPONSE_LEN: usize = 8;
+/// Hello flag: the frames this dialer sends are checksummed over their
+/// header only ([`Checksums::HeaderOnly`]). An acceptor grants it only on a
+/// TLS connection and rejects it with [`RejectReason::BadFlags`] otherwise.
+pub const FLAG_HEADER_CHECKSUMS: u8 = 0x01;
 
 /// A connection's lane: each lane has its own connection, queue and writer,
 /// so that nothing on one lane waits behind another.
@@ -157,7 +163,7 @@ pub struct Hello {
     pub version: u16,
     /// The lane byte as sent (validated by [`Hello::check`]).
     pub lane: u8,
-    /// Flags byte (must be zero in version 1).
+    /// Flags byte: [`FLAG_HEADER_CHECKSUMS`] or nothing.
     pub flags: u8,
     /// The dialer's cluster id.
     pub cluster_id: u64,
@@ -205,6 +211,24 @@ impl Hello {
             cluster_id,
             from,
             to,
+        }
+    }
+
+    /// The same hello, announcing what the dialer's frame checksums cover.
+    pub fn with_checksums(mut self, mode: Checksums) -> Hello {
+        self.flags &= !FLAG_HEADER_CHECKSUMS;
+        if mode == Checksums::HeaderOnly {
+            self.flags |= FLAG_HEADER_CHECKSUMS;
+        }
+        self
+    }
+
+    /// What the checksums of the dialer's frames cover.
+    pub fn checksums(&self) -> Checksums {
+        if self.flags & FLAG_HEADER_CHECKSUMS != 0 {
+            Checksums::HeaderOnly
+        } else {
+            Checksums::Full
         }
     }
 
@@ -259,7 +283,7 @@ impl Hello {
         if self.version != PROTOCOL_VERSION {
             return Err(RejectReason::UnsupportedVersion);
         }
-        if self.flags != 0 {
+        if self.flags & !FLAG_HEADER_CHECKSUMS != 0 {
             return Err(RejectReason::BadFlags);
         }
         let lane = Lane::from_u8(self.lane).ok_or(RejectReason::UnknownLane)?;
@@ -396,9 +420,19 @@ mod tests {
         let mut lane = ok;
         lane.lane = 9;
         assert_eq!(lane.check(5, 3, |_| false), Err(RejectReason::UnknownLane));
-        let mut flags = ok;
-        flags.flags = 1;
-        assert_eq!(flags.check(5, 3, |_| false), Err(RejectReason::BadFlags));
+        for bit in 1..8 {
+            let mut flags = ok;
+            flags.flags = 1 << bit;
+            assert_eq!(flags.check(5, 3, |_| false), Err(RejectReason::BadFlags));
+        }
+        // Header-only checksums pass here; the acceptor allows them only
+        // under TLS (conn::accept).
+        let header_only = ok.with_checksums(Checksums::HeaderOnly);
+        assert_eq!(header_only.encode()[7], FLAG_HEADER_CHECKSUMS);
+        assert_eq!(header_only.check(5, 3, |_| false), Ok(Lane::Message));
+        assert_eq!(header_only.checksums(), Checksums::HeaderOnly);
+        assert_eq!(ok.checksums(), Checksums::Full);
+        assert_eq!(header_only.with_checksums(Checksums::Full), ok);
     }
 
     #[test]

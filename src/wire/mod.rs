@@ -18,7 +18,8 @@ pub(crate) mod split;
 
 pub use crc::{Kernel, crc32c, implementation as crc_implementation};
 pub use frame::{
-    Cursor, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame, heartbeat_frame,
+    Checksums, Cursor, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameKind, encode_frame,
+    encode_frame_with, heartbeat_frame,
 };
 pub use handshake::{
     HELLO_LEN, Hello, HelloError, HelloParse, Lane, MAGIC, PROTOCOL_VERSION, RESPONSE_LEN,

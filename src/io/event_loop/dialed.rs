@@ -185,7 +185,8 @@ impl EventLoop {
         match self.dial_sock(addr, Owner::Snapshot(snap)) {
             Ok(conn) => {
                 let cfg = &self.config;
-                let hello = Hello::new(Lane::Snapshot, cfg.cluster_id, cfg.node_id, peer);
+                let hello = Hello::new(Lane::Snapshot, cfg.cluster_id, cfg.node_id, peer)
+                    .with_checksums(cfg.sent_checksums());
                 let core = OutConn::new(hello, addr, self.timing, now);
                 self.schedule(core.poll_timeout());
                 self.snaps.insert(snap, SnapOut { conn, core, events });

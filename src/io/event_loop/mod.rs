@@ -421,7 +421,8 @@ impl EventLoop {
             // Each lane its own jitter, so that lanes do not redial in step.
             let salt = if lane == QueuedLane::Message { id } else { !id };
             *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15 ^ salt);
-            let hello = Hello::new(lane.lane(), cfg.cluster_id, cfg.node_id, id);
+            let hello = Hello::new(lane.lane(), cfg.cluster_id, cfg.node_id, id)
+                .with_checksums(cfg.sent_checksums());
             let backoff = Backoff::new(cfg.backoff_floor, cfg.backoff_cap, *seed);
             LoopLane {
                 link: LaneLink::new(hello, addrs.clone(), backoff, timing, now),
