@@ -532,6 +532,7 @@ impl Driver {
             select! {
                 recv(self.t.messages()) -> m => if let Ok(m) = m { let _ = self.raw.step(m); },
                 recv(self.t.proposals()) -> m => if let Ok(m) = m { let _ = self.raw.step(m); },
+                recv(self.t.appends()) -> m => if let Ok(m) = m { let _ = self.raw.step(m); },
                 recv(self.events) -> e => if let Ok(e) = e { self.report(e) },
                 recv(self.cmds) -> c => match c {
                     Ok(c) => if !self.command(c) { return },
@@ -541,16 +542,9 @@ impl Driver {
             }
             // …then take what else has arrived, so that one Ready covers a
             // whole batch.
-            for m in self.t.messages().try_iter().take(BATCH).collect::<Vec<_>>() {
-                let _ = self.raw.step(m);
-            }
-            for m in self
-                .t
-                .proposals()
-                .try_iter()
-                .take(BATCH)
-                .collect::<Vec<_>>()
-            {
+            // …heartbeats, votes and responses before proposals and
+            // appends (Transport::try_iter's order).
+            for m in self.t.try_iter().take(BATCH).collect::<Vec<_>>() {
                 let _ = self.raw.step(m);
             }
             for e in self.events.try_iter().take(BATCH).collect::<Vec<_>>() {

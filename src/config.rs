@@ -61,11 +61,15 @@ pub struct Config {
     /// reader stops delivering and, through TCP, the senders slow down.
     pub recv_queue_bytes: usize,
     /// Deliver append-class messages on [`Transport::appends`](crate::Transport::appends)
-    /// instead of `messages()`. Appends then never queue in front of
-    /// heartbeats and votes on the receive side either, and a full appends
-    /// channel holds back only the append lanes (the reader serves the
-    /// other connections meanwhile). Poll both channels, `messages()`
-    /// first. Default `false`: everything but proposals on `messages()`.
+    /// instead of `messages()` (default `true`). Appends then never queue
+    /// in front of heartbeats and votes on the receive side either, and a
+    /// full appends channel holds back only the append lanes (the reader
+    /// serves the other connections meanwhile).
+    /// [`Transport::try_recv`](crate::Transport::try_recv) and
+    /// [`recv_timeout`](crate::Transport::recv_timeout) take from all three
+    /// channels, urgent messages first; a loop that `select!`s must include
+    /// `appends()`. `false`: everything but proposals on `messages()`, in
+    /// arrival order (appends and heartbeats then share one queue).
     pub separate_appends: bool,
     /// Per inbound connection: bytes read from the socket and not yet
     /// decoded. Past it the event loop stops reading that socket.
@@ -167,7 +171,7 @@ impl Config {
             max_inflight_batches: 4,
             recv_queue_len: 4096,
             recv_queue_bytes: 64 << 20,
-            separate_appends: false,
+            separate_appends: true,
             conn_read_cap: 1 << 20,
             max_inbound_connections: 256,
             read_chunk_len: 64 << 10,

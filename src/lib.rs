@@ -27,10 +27,48 @@
 //! # 2. Send and receive
 //!
 //! [`Transport::send`] routes each message by its `to` and returns at once:
-//! it never blocks. Received messages arrive on two crossbeam channels:
-//! proposals on [`Transport::proposals`], everything else on
-//! [`Transport::messages`] (etcd's `propc` and `recvc`), so a Raft loop can
-//! `select!` over them beside its own tick.
+//! it never blocks. Received messages arrive on three crossbeam channels:
+//! proposals on [`Transport::proposals`] (etcd's `propc`), appends on
+//! [`Transport::appends`], and everything else (heartbeats, votes,
+//! responses) on [`Transport::messages`]. The easy way to take them is
+//! [`Transport::recv_timeout`] (or [`try_recv`](Transport::try_recv)): the
+//! most urgent first, so a heartbeat is stepped before the appends that
+//! queued ahead of it, and a follower does not time out while it works
+//! through a backlog.
+//!
+//! ```
+//! use raftwire::{Config, Envelope, MessageClass, NoopReporter, Transport};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), raftwire::Error> {
+//! let any = "127.0.0.1:0".parse().unwrap();
+//! let a: Transport = Transport::start(Config::new(1, any), NoopReporter)?;
+//! let b: Transport = Transport::start(Config::new(2, any), NoopReporter)?;
+//! a.add_peer(2, &[b.local_addr()])?;
+//!
+//! a.send([
+//!     Envelope::new(2, 1, MessageClass::Append, b"entries 5..9".to_vec()),
+//!     Envelope::new(2, 1, MessageClass::Other, b"vote".to_vec()),
+//!     Envelope::new(2, 1, MessageClass::Proposal, b"set x=1".to_vec()),
+//! ]);
+//!
+//! let tick = Duration::from_millis(10);
+//! let mut got = Vec::new();
+//! while got.len() < 3 {
+//!     match b.recv_timeout(tick) {
+//!         Ok(m) => got.push(m.class), // raw_node.step(m)
+//!         Err(_) => { /* raw_node.tick() */ }
+//!     }
+//! }
+//! assert!(got.contains(&MessageClass::Append) && got.contains(&MessageClass::Proposal));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A Raft loop that has channels of its own (a tick, commands, the
+//! [reporter](#4-reporting-back-to-raft)'s events)
+//! `select!`s over those and all three transport channels, then takes what
+//! else has arrived with [`Transport::try_iter`], in the same order:
 //!
 //! ```
 //! use crossbeam_channel::{select, tick};
@@ -42,20 +80,18 @@
 //! let a: Transport = Transport::start(Config::new(1, any), NoopReporter)?;
 //! let b: Transport = Transport::start(Config::new(2, any), NoopReporter)?;
 //! a.add_peer(2, &[b.local_addr()])?;
-//!
-//! a.send([
-//!     Envelope::new(2, 1, MessageClass::Other, b"vote".to_vec()),
-//!     Envelope::new(2, 1, MessageClass::Proposal, b"set x=1".to_vec()),
-//! ]);
+//! a.send([Envelope::new(2, 1, MessageClass::Other, b"vote".to_vec())]);
 //!
 //! let ticker = tick(Duration::from_millis(10));
-//! let (mut votes, mut props) = (0, 0);
-//! while votes + props < 2 {
+//! let mut stepped = 0;
+//! while stepped == 0 {
 //!     select! {
-//!         recv(b.messages()) -> m => { assert_eq!(m.unwrap().payload, b"vote"); votes += 1 }
-//!         recv(b.proposals()) -> m => { assert_eq!(m.unwrap().from, 1); props += 1 }
+//!         recv(b.messages()) -> m => { m.unwrap(); stepped += 1 }
+//!         recv(b.proposals()) -> m => { m.unwrap(); stepped += 1 }
+//!         recv(b.appends()) -> m => { m.unwrap(); stepped += 1 }
 //!         recv(ticker) -> _ => { /* raw_node.tick() */ }
 //!     }
+//!     stepped += b.try_iter().take(4096).count(); // then handle the Ready
 //! }
 //! # Ok(())
 //! # }
@@ -331,11 +367,16 @@
 //!             // node that is no longer a member, say): nothing to do.
 //!             recv(t.messages()) -> m => { let _ = node.step(m?); }
 //!             recv(t.proposals()) -> m => { let _ = node.step(m?); }
+//!             recv(t.appends()) -> m => { let _ = node.step(m?); }
 //!             // Unreachable → report_unreachable, Snapshot →
 //!             // report_snapshot; a rejection's reason comes back.
 //!             recv(events) -> ev => { apply_report(&mut node, ev?); }
 //!             recv(ticker) -> _ => { node.tick(); }
 //!             default(Duration::from_millis(10)) => {}
+//!         }
+//!         // What else has arrived, heartbeats and votes before appends.
+//!         for m in t.try_iter().take(4096) {
+//!             let _ = node.step(m);
 //!         }
 //!         if node.raft.state == StateRole::Leader && !proposed {
 //!             node.propose(vec![], b"x=1".to_vec())?;
@@ -422,6 +463,7 @@
 pub mod config;
 mod conn;
 pub mod error;
+mod inbox;
 mod io;
 mod lanes;
 pub mod message;

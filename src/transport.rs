@@ -12,12 +12,12 @@ use crate::message::{Envelope, Message};
 use crate::reporter::Reporter;
 use crate::snapshot::IncomingSnapshot;
 use crate::stats::Stats;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, TryRecvError};
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A running transport. Cheap to clone; every clone drives the same
 /// threads and sockets, and the handle is `Send + Sync`, so any number of
@@ -150,8 +150,74 @@ impl<M: Message> Transport<M> {
         self.rt.route(&self.rt.shared.peers.read(), msg)
     }
 
-    /// Received messages other than proposals (etcd's `recvc`). Poll it, or
-    /// `select!` over it with your own channels.
+    /// The most urgent message that has arrived, if any: heartbeats, votes
+    /// and responses ([`messages`](Transport::messages)) first, then
+    /// [`proposals`](Transport::proposals), then
+    /// [`appends`](Transport::appends), so a Raft loop steps a heartbeat
+    /// before the appends queued ahead of it. One take in 16 serves the
+    /// channels the other way round, so appends are never starved (an
+    /// urgent message then waits behind at most one append).
+    /// `Disconnected` once the transport has stopped and every channel is
+    /// empty.
+    pub fn try_recv(&self) -> Result<M, TryRecvError> {
+        let rt = &self.rt;
+        let channels = [&rt.messages_rx, &rt.proposals_rx, &rt.appends_rx];
+        let turn = rt.take_turn.load(Relaxed);
+        let mut disconnected = 0;
+        for i in crate::inbox::order(turn) {
+            match channels[i].try_recv() {
+                Ok(m) => {
+                    rt.take_turn.store(turn.wrapping_add(1), Relaxed);
+                    return Ok(m);
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => disconnected += 1,
+            }
+        }
+        Err(if disconnected == channels.len() {
+            TryRecvError::Disconnected
+        } else {
+            TryRecvError::Empty
+        })
+    }
+
+    /// Like [`try_recv`](Transport::try_recv), waiting up to `timeout` for
+    /// something to arrive: the whole receive side of a simple Raft loop,
+    /// its tick being the timeout.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<M, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        let rt = &self.rt;
+        loop {
+            match self.try_recv() {
+                Ok(m) => return Ok(m),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            let mut sel = Select::new();
+            for rx in [&rt.messages_rx, &rt.proposals_rx, &rt.appends_rx] {
+                sel.recv(rx);
+            }
+            // Readiness only: the message is then taken in priority order
+            // (another thread may have taken it meanwhile: look again).
+            if sel.ready_deadline(deadline).is_err() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+        }
+    }
+
+    /// What has arrived, in [`try_recv`](Transport::try_recv)'s order,
+    /// without waiting: for the batch a Raft loop takes after its
+    /// `select!` woke up (bound it with `take`).
+    pub fn try_iter(&self) -> impl Iterator<Item = M> + '_ {
+        std::iter::from_fn(move || self.try_recv().ok())
+    }
+
+    /// Received messages other than proposals (etcd's `recvc`), and other
+    /// than appends unless [`Config::separate_appends`] is off. Poll it, or
+    /// `select!` over it with your own channels (with
+    /// [`proposals`](Transport::proposals) and
+    /// [`appends`](Transport::appends)), or take all three in priority
+    /// order with [`try_recv`](Transport::try_recv).
     pub fn messages(&self) -> &Receiver<M> {
         &self.rt.messages_rx
     }
@@ -161,26 +227,29 @@ impl<M: Message> Transport<M> {
         &self.rt.proposals_rx
     }
 
-    /// Received appends (`MessageClass::Append`) when
-    /// [`Config::separate_appends`] is set; otherwise they arrive on
+    /// Received appends (`MessageClass::Append`), unless
+    /// [`Config::separate_appends`] is turned off; then they arrive on
     /// [`messages`](Transport::messages) and this channel stays empty.
     ///
     /// ```
     /// # use raftwire::{Config, Envelope, MessageClass, NoopReporter, Transport};
     /// # use std::time::Duration;
     /// # fn main() -> Result<(), raftwire::Error> {
-    /// let mut config = Config::new(2, "127.0.0.1:0".parse().unwrap());
-    /// config.separate_appends = true;
-    /// let node: Transport<Envelope> = Transport::start(config, NoopReporter)?;
-    /// // A Raft loop that takes heartbeats and votes before appends:
-    /// let next = node.messages().try_recv().ok().or_else(|| {
-    ///     crossbeam_channel::select! {
-    ///         recv(node.messages()) -> m => m.ok(),
-    ///         recv(node.appends()) -> m => m.ok(),
-    ///         default(Duration::from_millis(10)) => None,
-    ///     }
-    /// });
-    /// assert!(next.is_none()); // nobody has sent anything yet
+    /// let node: Transport<Envelope> =
+    ///     Transport::start(Config::new(2, "127.0.0.1:0".parse().unwrap()), NoopReporter)?;
+    /// // A Raft loop with channels of its own select!s over all three,
+    /// // then takes what else has arrived, heartbeats and votes first:
+    /// let ticker = crossbeam_channel::tick(Duration::from_millis(10));
+    /// crossbeam_channel::select! {
+    ///     recv(node.messages()) -> m => { /* raw_node.step(m?) */ }
+    ///     recv(node.proposals()) -> m => { /* raw_node.step(m?) */ }
+    ///     recv(node.appends()) -> m => { /* raw_node.step(m?) */ }
+    ///     recv(ticker) -> _ => { /* raw_node.tick() */ }
+    /// }
+    /// for m in node.try_iter().take(4096) {
+    ///     // raw_node.step(m)
+    /// #   let _ = m;
+    /// }
     /// node.stop();
     /// # Ok(())
     /// # }

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use raftwire::{DropReason, Envelope, MessageClass};
+use raftwire::{Config, DropReason, Envelope, MessageClass};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -113,6 +113,10 @@ fn append(seq: u64, len: usize) -> Envelope {
 fn with_separate_appends_a_caller_that_takes_no_appends_still_gets_heartbeats() {
     let c1 = config(1);
     let mut c2 = config(2);
+    assert!(
+        Config::new(2, c2.listen_addr).separate_appends,
+        "the default"
+    );
     c2.separate_appends = true;
     c2.recv_queue_len = 8;
     let nodes = vec![start(c1), start(c2)];
@@ -150,4 +154,58 @@ fn with_separate_appends_a_caller_that_takes_no_appends_still_gets_heartbeats() 
     assert_eq!(s.append_lane.dropped(), 0, "{s:?}");
     assert_eq!(s.message_lane.dropped(), 0, "{s:?}");
     assert_eq!(rx.stats().peer(1).append_lane.msgs_received, n);
+}
+
+#[test]
+fn try_recv_takes_heartbeats_and_proposals_before_the_appends_queued_ahead() {
+    // The default delivery: appends on a channel of their own.
+    let nodes = cluster_with(&[1, 2], |c| c.separate_appends = true);
+    let (tx, rx) = (&nodes[0].t, &nodes[1].t);
+    let n = 40u64;
+    for seq in 0..n {
+        tx.send([append(seq, 4 << 10)]);
+    }
+    wait_until("the appends to arrive", 5, || {
+        rx.appends().len() == n as usize
+    });
+    assert!(
+        rx.messages().is_empty(),
+        "appends go to appends() by default"
+    );
+    // A heartbeat and a proposal arrive after every append…
+    tx.send([env(2, 1, MessageClass::Other, b"heartbeat")]);
+    tx.send([env(2, 1, MessageClass::Proposal, b"proposal")]);
+    wait_until("the heartbeat and the proposal", 5, || {
+        rx.messages().len() == 1 && rx.proposals().len() == 1
+    });
+    // …and are taken first, then the appends in order, the last with
+    // recv_timeout.
+    let mut got = Vec::new();
+    while got.len() < n as usize + 1 {
+        got.push(rx.try_recv().expect("everything has arrived"));
+    }
+    got.push(rx.recv_timeout(Duration::from_secs(1)).unwrap());
+    assert_eq!(got[0].payload, b"heartbeat");
+    assert_eq!(got[1].payload, b"proposal");
+    for (i, m) in got[2..].iter().enumerate() {
+        assert_eq!(m.class, MessageClass::Append);
+        assert_eq!(m.payload[..8], (i as u64).to_be_bytes(), "append {i}");
+    }
+    assert_eq!(rx.try_recv(), Err(crossbeam_channel::TryRecvError::Empty));
+    let t0 = Instant::now();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_millis(30)),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout)
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(30));
+    // A message arriving while recv_timeout waits wakes it.
+    let t = rx.clone();
+    let waiter = std::thread::spawn(move || t.recv_timeout(Duration::from_secs(5)));
+    tx.send([env(2, 1, MessageClass::Other, b"late")]);
+    assert_eq!(waiter.join().unwrap().unwrap().payload, b"late");
+    rx.stop();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(1)),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+    );
 }

@@ -15,7 +15,11 @@ const CLASSES: [MessageClass; 4] = [
 #[test]
 fn every_class_round_trips_exactly_both_ways() {
     // Five inline snapshots go out at once: allow that many in flight.
-    let nodes = cluster_with(&[1, 2], |c| c.max_outgoing_snapshots = 8);
+    // The default delivery: appends on a channel of their own.
+    let nodes = cluster_with(&[1, 2], |c| {
+        c.max_outgoing_snapshots = 8;
+        c.separate_appends = true;
+    });
     for (a, b) in [(0, 1), (1, 0)] {
         let (from, to) = (nodes[a].t.node_id(), nodes[b].t.node_id());
         let mut sent = Vec::new();
@@ -27,7 +31,9 @@ fn every_class_round_trips_exactly_both_ways() {
         }
         nodes[a].t.send(sent.clone());
         let proposals = recv_n(nodes[b].t.proposals(), 5, 5);
-        let others = recv_n(nodes[b].t.messages(), 15, 5);
+        let mut others = recv_n(nodes[b].t.appends(), 5, 5);
+        assert!(others.iter().all(|m| m.class == MessageClass::Append));
+        others.extend(recv_n(nodes[b].t.messages(), 10, 5));
         let want_props: Vec<_> = sent
             .iter()
             .filter(|m| m.class == MessageClass::Proposal)

@@ -297,8 +297,9 @@ impl Counts {
 }
 
 /// The caller's side of node 2: a Raft loop that takes what is on
-/// `messages()` first, then one append from `appends()` (empty unless
-/// `separate_appends` is set), and blocks on both when there is nothing.
+/// `messages()` first, then one append from `appends()` (empty when
+/// `separate_appends` is turned off), and blocks on both when there is
+/// nothing.
 fn spawn_consumer<M: BenchMsg>(t: &Transport<M>, s: Arc<Shared>) -> JoinHandle<Consumed> {
     let (rx, apps) = (t.messages().clone(), t.appends().clone());
     std::thread::Builder::new()

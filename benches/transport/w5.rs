@@ -287,6 +287,7 @@ impl Node {
     fn run_loop(&mut self) -> Result<(), String> {
         let ticker = tick(TICK);
         let (msgs, props) = (self.t.messages().clone(), self.t.proposals().clone());
+        let apps = self.t.appends().clone();
         let events = self.events.clone();
         while !self.stop.load(Acquire) {
             // What was stepped commits entries, which makes room in the
@@ -301,14 +302,12 @@ impl Node {
             select! {
                 recv(msgs) -> m => if let Ok(m) = m { let _ = self.raw.step(m); },
                 recv(props) -> m => if let Ok(m) = m { let _ = self.raw.step(m); },
+                recv(apps) -> m => if let Ok(m) = m { let _ = self.raw.step(m); },
                 recv(events) -> e => if let Ok(e) = e { apply_report(&mut self.raw, e); },
                 recv(ticker) -> _ => { self.raw.tick(); },
             }
-            for m in msgs
-                .try_iter()
-                .take(BATCH)
-                .chain(props.try_iter().take(BATCH))
-            {
+            // Heartbeats and votes before proposals and appends.
+            for m in self.t.try_iter().take(BATCH) {
                 let _ = self.raw.step(m);
             }
             for e in events.try_iter().take(BATCH) {

@@ -34,6 +34,8 @@ pub(crate) struct Runtime<M> {
     pub local_addr: SocketAddr,
     pub loop_handle: LoopHandle,
     pub messages_rx: Receiver<M>,
+    /// Takes so far through `Transport::try_recv` (see `inbox`).
+    pub take_turn: std::sync::atomic::AtomicU32,
     pub proposals_rx: Receiver<M>,
     pub appends_rx: Receiver<M>,
     pub snapshots_rx: Receiver<IncomingSnapshot<M>>,
@@ -102,6 +104,7 @@ impl<M: Message> Runtime<M> {
             local_addr: event_loop.local_addr(),
             loop_handle: event_loop.handle(),
             messages_rx,
+            take_turn: std::sync::atomic::AtomicU32::new(0),
             proposals_rx,
             appends_rx,
             snapshots_rx,

@@ -26,6 +26,11 @@ pub fn config(id: u64) -> Config {
     c.handshake_timeout = Duration::from_millis(500);
     c.backoff_floor = Duration::from_millis(10);
     c.backoff_cap = Duration::from_millis(100);
+    // Appends on `messages()` in arrival order beside the other classes:
+    // these tests assert per-peer order across classes on one channel.
+    // The default (three channels, `try_recv` taking the urgent first) is
+    // tested in lanes.rs, roundtrip.rs and by the raft-rs clusters.
+    c.separate_appends = false;
     c
 }
 

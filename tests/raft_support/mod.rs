@@ -614,6 +614,7 @@ impl Driver {
             select! {
                 recv(self.t.messages()) -> m => if let Ok(m) = m { self.step(m, false) },
                 recv(self.t.proposals()) -> m => if let Ok(m) = m { self.step(m, true) },
+                recv(self.t.appends()) -> m => if let Ok(m) = m { self.step(m, false) },
                 recv(self.events) -> e => if let Ok(e) = e { self.report(e) },
                 recv(self.cmds) -> c => match c {
                     Ok(Cmd::Stop) | Err(_) => return,
@@ -633,6 +634,9 @@ impl Driver {
                 .collect::<Vec<_>>()
             {
                 self.step(m, true);
+            }
+            for m in self.t.appends().try_iter().take(BATCH).collect::<Vec<_>>() {
+                self.step(m, false);
             }
             for e in self.events.try_iter().take(BATCH).collect::<Vec<_>>() {
                 self.report(e);
