@@ -107,7 +107,7 @@
 //! channel), and how it encodes. [`Envelope`] is the built-in one.
 //!
 //! ```
-//! use raftwire::{DecodeError, Message, MessageClass};
+//! use raftwire::{Bytes, DecodeError, Message, MessageClass};
 //!
 //! #[derive(Debug, PartialEq)]
 //! struct Heartbeat { to: u64, from: u64, term: u64 }
@@ -122,7 +122,7 @@
 //!             out.extend_from_slice(&v.to_be_bytes());
 //!         }
 //!     }
-//!     fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+//!     fn decode(b: Bytes) -> Result<Self, DecodeError> {
 //!         // Bytes from the network: never panic, say what is wrong.
 //!         if b.len() != 24 {
 //!             return Err(DecodeError(format!("heartbeat of {} bytes", b.len())));
@@ -135,14 +135,19 @@
 //! let h = Heartbeat { to: 2, from: 1, term: 7 };
 //! let mut bytes = Vec::new();
 //! h.encode(&mut bytes);
-//! assert_eq!(Heartbeat::decode(&bytes).unwrap(), h);
-//! assert!(Heartbeat::decode(&bytes[..5]).is_err());
+//! let bytes = Bytes::from(bytes);
+//! assert_eq!(Heartbeat::decode(bytes.clone()).unwrap(), h);
+//! assert!(Heartbeat::decode(bytes.slice(..5)).is_err());
 //! ```
 //!
-//! A type that holds a large payload in a buffer of its own can also
-//! implement [`Message::encode_owned`], returning that buffer instead of
-//! copying it: the transport then writes it to the socket from where it is
-//! ([`Envelope`] does this).
+//! Payloads are [`Bytes`] end to end. `decode` gets its frame as a slice
+//! of the buffer the transport read it into: a type that keeps a payload
+//! keeps a slice of it ([`Bytes::slice`]), not a copy, as [`Envelope`] and
+//! raft-rs's messages do (entry data is a slice of the frame). A type that
+//! holds a large payload as `Bytes` can also implement
+//! [`Message::encode_owned`], returning it instead of copying it: the
+//! transport then writes it to the socket from where it is ([`Envelope`]
+//! does this).
 //!
 //! # 4. Reporting back to Raft
 //!
@@ -225,7 +230,7 @@
 //! leader.send_snapshot(meta, std::io::repeat(0).take(size), size)?;
 //!
 //! let mut incoming = follower.snapshots().recv_timeout(Duration::from_secs(5))?;
-//! assert_eq!(incoming.message.payload, b"index 42, term 3");
+//! assert_eq!(incoming.message.payload, &b"index 42, term 3"[..]);
 //! let copied = std::io::copy(&mut incoming.data, &mut std::io::sink())?; // e.g. into a file
 //! assert_eq!(copied, size);
 //!
@@ -447,7 +452,7 @@
 //!     a.add_peer(2, &[b.local_addr()])?;
 //!     a.send([Envelope::new(2, 1, MessageClass::Other, b"over TLS".to_vec())]);
 //!     let m = b.messages().recv().unwrap();
-//!     assert_eq!(m.payload, b"over TLS");
+//!     assert_eq!(m.payload, &b"over TLS"[..]);
 //!     assert!(b.stats().tls.handshakes >= 1); // one per connection, each verified
 //!     Ok(())
 //! }
@@ -479,6 +484,9 @@ pub mod tls;
 mod transport;
 mod wire;
 
+/// The payload currency (the `bytes` crate, re-exported so that the
+/// version matches).
+pub use bytes::{self, Bytes};
 pub use config::Config;
 pub use error::{
     CloseReason, ConfigError, DropReason, Error, ProtocolViolation, SendError, TlsFailure,

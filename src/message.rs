@@ -2,6 +2,7 @@
 
 use crate::wire::Lane;
 use byteorder::{BigEndian, ByteOrder};
+use bytes::Bytes;
 use std::fmt;
 
 /// How a message travels and where it is delivered.
@@ -87,10 +88,11 @@ pub trait Message: Send + Sized + 'static {
     /// Encodes a message the transport is done with (it is being sent):
     /// like [`encode`](Message::encode), except that the last bytes of the
     /// encoding may be returned as a buffer of their own instead of being
-    /// appended to `out` (a large payload the message already holds). The
-    /// transport then writes that buffer to the socket from where it is,
-    /// with no copy. `out`'s new bytes followed by the returned ones must
-    /// be exactly what `encode` appends. The default calls `encode`.
+    /// appended to `out` (a large payload the message already holds as
+    /// [`Bytes`]). The transport then writes that buffer to the socket from
+    /// where it is, with no copy. `out`'s new bytes followed by the
+    /// returned ones must be exactly what `encode` appends. The default
+    /// calls `encode`.
     ///
     /// ```
     /// use raftwire::{Envelope, Message, MessageClass};
@@ -101,14 +103,22 @@ pub trait Message: Send + Sized + 'static {
     /// let mut head = Vec::new();
     /// let tail = m.encode_owned(&mut head).unwrap();
     /// assert_eq!(head.len(), raftwire::message::ENVELOPE_HEADER_LEN);
-    /// assert_eq!([head, tail].concat(), whole);
+    /// assert_eq!([&head[..], &tail[..]].concat(), whole);
     /// ```
-    fn encode_owned(self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+    fn encode_owned(self, out: &mut Vec<u8>) -> Option<Bytes> {
         self.encode(out);
         None
     }
     /// Decodes a message from exactly the bytes `encode` produced.
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+    ///
+    /// `bytes` is a slice of the buffer the frame was read into (or a
+    /// buffer of its own, for a large frame): a decoder that keeps part of
+    /// it, such as a payload, should keep a slice
+    /// ([`Bytes::slice`]) rather than a copy. A slice keeps its whole read
+    /// buffer alive; the transport counts that buffer against
+    /// [`Config::recv_queue_bytes`](crate::Config::recv_queue_bytes) while
+    /// the message waits in a receive channel.
+    fn decode(bytes: Bytes) -> Result<Self, DecodeError>;
     /// Whether this message must never cross the network (raft's `MsgHup`,
     /// `MsgBeat`, …). `send` refuses such messages
     /// ([`SendError::LocalOnly`](crate::SendError::LocalOnly)) and a
@@ -125,11 +135,13 @@ pub trait Message: Send + Sized + 'static {
 /// ```
 /// use raftwire::{Envelope, Message, MessageClass};
 ///
-/// let m = Envelope::new(2, 1, MessageClass::Append, b"entries".to_vec());
+/// let m = Envelope::new(2, 1, MessageClass::Append, &b"entries"[..]);
 /// let mut bytes = Vec::new();
 /// m.encode(&mut bytes);
 /// assert_eq!(bytes.len(), m.encoded_len());
-/// assert_eq!(Envelope::decode(&bytes).unwrap(), m);
+/// let back = Envelope::decode(bytes.into()).unwrap();
+/// assert_eq!(back, m);
+/// assert_eq!(back.payload, &b"entries"[..]);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Envelope {
@@ -139,21 +151,24 @@ pub struct Envelope {
     pub from: u64,
     /// The message class.
     pub class: MessageClass,
-    /// Opaque payload.
-    pub payload: Vec<u8>,
+    /// Opaque payload. A received one is a slice of the buffer its frame
+    /// was read into; one being sent is written from where it is when it
+    /// is large (no copy into the batch).
+    pub payload: Bytes,
 }
 
 /// Bytes an [`Envelope`] adds to its payload.
 pub const ENVELOPE_HEADER_LEN: usize = 17;
 
 impl Envelope {
-    /// A new envelope.
-    pub fn new(to: u64, from: u64, class: MessageClass, payload: Vec<u8>) -> Envelope {
+    /// A new envelope. The payload is anything that turns into [`Bytes`]
+    /// without a copy: a `Vec<u8>`, a `&'static [u8]`, a `String`, `Bytes`.
+    pub fn new(to: u64, from: u64, class: MessageClass, payload: impl Into<Bytes>) -> Envelope {
         Envelope {
             to,
             from,
             class,
-            payload,
+            payload: payload.into(),
         }
     }
 
@@ -183,11 +198,11 @@ impl Message for Envelope {
         out.extend_from_slice(&self.header());
         out.extend_from_slice(&self.payload);
     }
-    fn encode_owned(self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+    fn encode_owned(self, out: &mut Vec<u8>) -> Option<Bytes> {
         out.extend_from_slice(&self.header());
         Some(self.payload)
     }
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+    fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
         if bytes.len() < ENVELOPE_HEADER_LEN {
             return Err(DecodeError(format!(
                 "envelope of {} bytes is shorter than its {ENVELOPE_HEADER_LEN}-byte header",
@@ -200,7 +215,7 @@ impl Message for Envelope {
             to: BigEndian::read_u64(&bytes[0..8]),
             from: BigEndian::read_u64(&bytes[8..16]),
             class,
-            payload: bytes[ENVELOPE_HEADER_LEN..].to_vec(),
+            payload: bytes.slice(ENVELOPE_HEADER_LEN..),
         })
     }
 }
@@ -211,10 +226,10 @@ mod tests {
 
     #[test]
     fn envelope_rejects_short_and_bad_class() {
-        assert!(Envelope::decode(&[0u8; 16]).is_err());
+        assert!(Envelope::decode(Bytes::from_static(&[0u8; 16])).is_err());
         let mut b = vec![0u8; 17];
         b[16] = 4;
-        assert!(Envelope::decode(&b).is_err());
+        assert!(Envelope::decode(b.into()).is_err());
     }
 
     #[test]

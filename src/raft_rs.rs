@@ -51,6 +51,7 @@
 use crate::message::{DecodeError, Message, MessageClass};
 use crate::reporter::{ReportEvent, SnapshotStatus};
 use crate::wire::RejectReason;
+use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{self, MessageType};
 
@@ -114,11 +115,15 @@ impl Message for eraftpb::Message {
         }
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        // merge_from_bytes into a default message: never parse_from_bytes,
-        // which panics under raft's prost codec.
+    fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
+        // Parsed from the Bytes themselves: entry data, snapshot data and
+        // contexts (typed bytes::Bytes by raft-proto) are slices of the
+        // frame, not copies. Merged into a default message, checked to end
+        // where the frame does.
         let mut m = eraftpb::Message::default();
-        m.merge_from_bytes(bytes)
+        let mut input = protobuf::CodedInputStream::from_carllerche_bytes(&bytes);
+        m.merge_from(&mut input)
+            .and_then(|()| input.check_eof())
             .map_err(|e| DecodeError(format!("raft message: {e}")))?;
         Ok(m)
     }
@@ -281,7 +286,7 @@ mod tests {
             }] {
                 let bytes = encode(&m);
                 assert_eq!(bytes.len(), m.encoded_len(), "{t:?}");
-                let back = eraftpb::Message::decode(&bytes).unwrap();
+                let back = eraftpb::Message::decode(bytes::Bytes::copy_from_slice(&bytes)).unwrap();
                 assert_eq!(back, m, "{t:?}");
                 assert_eq!(Message::to(&back), m.to);
                 assert_eq!(Message::from(&back), m.from);
@@ -330,16 +335,19 @@ mod tests {
         let good = encode(&full(MessageType::MsgSnapshot));
         // Every truncation: an error or a shorter message, never a panic.
         for cut in 0..good.len() {
-            let _ = eraftpb::Message::decode(&good[..cut]);
+            let _ = eraftpb::Message::decode(bytes::Bytes::copy_from_slice(&good[..cut]));
         }
         // Truncation inside the snapshot's data field is an error.
-        assert!(eraftpb::Message::decode(&good[..good.len() - 10]).is_err());
+        assert!(
+            eraftpb::Message::decode(bytes::Bytes::copy_from_slice(&good[..good.len() - 10]))
+                .is_err()
+        );
         // Single-byte corruptions everywhere.
         for i in 0..good.len() {
             for b in [0x00, 0xFF, 0x80, 0x7F] {
                 let mut bad = good.clone();
                 bad[i] = b;
-                let _ = eraftpb::Message::decode(&bad);
+                let _ = eraftpb::Message::decode(bytes::Bytes::copy_from_slice(&bad));
             }
         }
         // Known-bad shapes.
@@ -353,7 +361,10 @@ mod tests {
             &[0x0C],                               // end group without a start
         ];
         for c in cases {
-            assert!(eraftpb::Message::decode(c).is_err(), "{c:?}");
+            assert!(
+                eraftpb::Message::decode(bytes::Bytes::copy_from_slice(c)).is_err(),
+                "{c:?}"
+            );
         }
         // Random bytes, a deterministic generator.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -365,15 +376,17 @@ mod tests {
             let bytes: Vec<u8> = (0..len)
                 .map(|i| (x.rotate_left(i as u32 * 8) & 0xFF) as u8)
                 .collect();
-            let _ = eraftpb::Message::decode(&bytes);
+            let _ = eraftpb::Message::decode(bytes::Bytes::copy_from_slice(&bytes));
         }
     }
 
     #[test]
     fn unknown_type_is_an_error_and_missing_type_is_local_only() {
         // Field 1 (msg_type) = 99, an unknown enum value; to = 2.
-        assert!(eraftpb::Message::decode(&[0x08, 99, 0x10, 2]).is_err());
-        let m = eraftpb::Message::decode(&[0x10, 2]).unwrap();
+        assert!(
+            eraftpb::Message::decode(bytes::Bytes::copy_from_slice(&[0x08, 99, 0x10, 2])).is_err()
+        );
+        let m = eraftpb::Message::decode(bytes::Bytes::copy_from_slice(&[0x10, 2])).unwrap();
         assert_eq!(m.get_msg_type(), MessageType::MsgHup);
         assert!(m.is_local_only());
     }

@@ -29,7 +29,7 @@
 //! let sent_at = Instant::now();
 //! n1.send([Envelope::new(2, 1, MessageClass::Other, b"late".to_vec())]);
 //! let m = n2.messages().recv_timeout(Duration::from_secs(5))?;
-//! assert_eq!(m.payload, b"late");
+//! assert_eq!(m.payload, &b"late"[..]);
 //! assert!(sent_at.elapsed() >= Duration::from_millis(50));
 //!
 //! // Reset every connection (RST, mid-frame if need be); node 1 redials.
@@ -39,7 +39,7 @@
 //! loop {
 //!     n1.send([Envelope::new(2, 1, MessageClass::Other, b"again".to_vec())]);
 //!     if let Ok(m) = n2.messages().recv_timeout(Duration::from_millis(20)) {
-//!         assert_eq!(m.payload, b"again");
+//!         assert_eq!(m.payload, &b"again"[..]);
 //!         break;
 //!     }
 //!     assert!(Instant::now() < deadline, "node 1 did not come back");

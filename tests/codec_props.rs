@@ -391,7 +391,7 @@ fn envelopes_round_trip_under_any_chunking() {
                 }
                 Some(m) => {
                     assert_eq!(kind, FrameKind::Message, "{ctx} frame {i}");
-                    let back = Envelope::decode(&payload)
+                    let back = Envelope::decode(bytes::Bytes::copy_from_slice(&payload))
                         .unwrap_or_else(|e| panic!("{ctx} frame {i}: {e}"));
                     assert!(back == *m, "{ctx} frame {i}: envelope changed");
                 }
@@ -420,7 +420,7 @@ fn envelope_decode_matches_the_spec() {
         if len > 16 && rng.chance(2, 3) {
             b[16] = rng.below(5) as u8;
         }
-        match Envelope::decode(&b) {
+        match Envelope::decode(bytes::Bytes::copy_from_slice(&b)) {
             Ok(m) => {
                 let mut again = Vec::new();
                 m.encode(&mut again);

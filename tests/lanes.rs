@@ -140,7 +140,7 @@ fn with_separate_appends_a_caller_that_takes_no_appends_still_gets_heartbeats() 
         assert!(rx.appends().is_full(), "appends were taken meanwhile");
     }
     tx.send([Envelope::new(2, 1, MessageClass::Proposal, b"p".to_vec())]);
-    assert_eq!(recv_n(rx.proposals(), 1, 5)[0].payload, b"p");
+    assert_eq!(recv_n(rx.proposals(), 1, 5)[0].payload, &b"p"[..]);
     assert!(rx.messages().is_empty());
 
     // Then every append arrives, in order, on the appends channel only.
@@ -185,8 +185,8 @@ fn try_recv_takes_heartbeats_and_proposals_before_the_appends_queued_ahead() {
         got.push(rx.try_recv().expect("everything has arrived"));
     }
     got.push(rx.recv_timeout(Duration::from_secs(1)).unwrap());
-    assert_eq!(got[0].payload, b"heartbeat");
-    assert_eq!(got[1].payload, b"proposal");
+    assert_eq!(got[0].payload, &b"heartbeat"[..]);
+    assert_eq!(got[1].payload, &b"proposal"[..]);
     for (i, m) in got[2..].iter().enumerate() {
         assert_eq!(m.class, MessageClass::Append);
         assert_eq!(m.payload[..8], (i as u64).to_be_bytes(), "append {i}");
@@ -202,7 +202,7 @@ fn try_recv_takes_heartbeats_and_proposals_before_the_appends_queued_ahead() {
     let t = rx.clone();
     let waiter = std::thread::spawn(move || t.recv_timeout(Duration::from_secs(5)));
     tx.send([env(2, 1, MessageClass::Other, b"late")]);
-    assert_eq!(waiter.join().unwrap().unwrap().payload, b"late");
+    assert_eq!(waiter.join().unwrap().unwrap().payload, &b"late"[..]);
     rx.stop();
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(1)),

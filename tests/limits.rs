@@ -42,7 +42,7 @@ fn strangers_are_evicted_to_admit_a_peer() {
     n1.t.add_peer(2, &[n2.t.local_addr()]).unwrap();
     wait_connected(&n2.t, 1);
     n2.t.send([env(1, 2, MessageClass::Other, b"through")]);
-    assert_eq!(recv_n(n1.t.messages(), 1, 5)[0].payload, b"through");
+    assert_eq!(recv_n(n1.t.messages(), 1, 5)[0].payload, &b"through"[..]);
     let s = n1.t.stats();
     assert_eq!(s.inbound_evicted, 8);
     assert_eq!(s.inbound_refused, 0);
@@ -66,6 +66,9 @@ fn authenticated_peers_are_never_evicted_for_a_stranger() {
     });
     assert_eq!(nodes[0].t.stats().inbound_evicted, 0);
     nodes[1].t.send([env(1, 2, MessageClass::Other, b"still")]);
-    assert_eq!(recv_n(nodes[0].t.messages(), 1, 5)[0].payload, b"still");
+    assert_eq!(
+        recv_n(nodes[0].t.messages(), 1, 5)[0].payload,
+        &b"still"[..]
+    );
     assert_eq!(nodes[1].t.stats().peer(1).reconnects, 0);
 }

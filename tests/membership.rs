@@ -203,7 +203,7 @@ fn remove_peer_drops_sends_and_readding_resumes_delivery() {
     let nodes = cluster(&[1, 2]);
     let (a, b) = (&nodes[0], &nodes[1]);
     a.t.send([env(2, 1, Other, b"before")]);
-    assert_eq!(recv_n(b.t.messages(), 1, 5)[0].payload, b"before");
+    assert_eq!(recv_n(b.t.messages(), 1, 5)[0].payload, &b"before"[..]);
 
     a.t.remove_peer(2).unwrap();
     assert!(a.t.peers().is_empty());
@@ -238,7 +238,7 @@ fn remove_peer_drops_sends_and_readding_resumes_delivery() {
     b.t.send([env(1, 2, Other, b"from the removed node")]);
     assert_eq!(
         recv_n(a.t.messages(), 1, 5)[0].payload,
-        b"from the removed node"
+        &b"from the removed node"[..]
     );
     assert_eq!(a.t.stats().non_peers.message_lane.msgs_received, 1);
 
@@ -254,7 +254,7 @@ fn remove_peer_drops_sends_and_readding_resumes_delivery() {
     );
     a.t.send([env(2, 1, Other, b"after"), env(2, 1, Append, b"after")]);
     let got = recv_n(b.t.messages(), 2, 5);
-    assert!(got.iter().all(|m| m.payload == b"after"), "{got:?}");
+    assert!(got.iter().all(|m| m.payload == b"after"[..]), "{got:?}");
     assert!(b.t.messages().is_empty());
     wait_until("re-added peer counts its sends", 5, || {
         let s = a.t.stats().peer(2);
@@ -354,7 +354,7 @@ fn add_remote_is_sent_to_but_not_listed_and_add_peer_promotes_it() {
     a.t.send([env(3, 1, Append, b"catch up"), env(3, 1, Other, b"vote")]);
     let mut got: Vec<Vec<u8>> = recv_n(r.t.messages(), 2, 5)
         .into_iter()
-        .map(|m| m.payload)
+        .map(|m| m.payload.to_vec())
         .collect();
     got.sort();
     assert_eq!(got, vec![b"catch up".to_vec(), b"vote".to_vec()]);
@@ -365,10 +365,10 @@ fn add_remote_is_sent_to_but_not_listed_and_add_peer_promotes_it() {
     a.t.add_remote(2, &[dead_addr()]).unwrap();
     a.t.send([env(3, 1, Other, b"still there")]);
     a.t.send([env(2, 1, Other, b"still a member")]);
-    assert_eq!(recv_n(r.t.messages(), 1, 5)[0].payload, b"still there");
+    assert_eq!(recv_n(r.t.messages(), 1, 5)[0].payload, &b"still there"[..]);
     assert_eq!(
         recv_n(nodes[1].t.messages(), 1, 5)[0].payload,
-        b"still a member"
+        &b"still a member"[..]
     );
     assert_eq!(a.t.active_since(3), Some(since3));
     assert_eq!(a.t.active_since(2), Some(since2));
@@ -385,7 +385,7 @@ fn add_remote_is_sent_to_but_not_listed_and_add_peer_promotes_it() {
         other => panic!("expected DuplicatePeer(3), got {other:?}"),
     }
     a.t.send([env(3, 1, Other, b"member now")]);
-    assert_eq!(recv_n(r.t.messages(), 1, 5)[0].payload, b"member now");
+    assert_eq!(recv_n(r.t.messages(), 1, 5)[0].payload, &b"member now"[..]);
     assert_eq!(a.t.stats().peer(3).reconnects, 0);
 }
 
@@ -432,11 +432,12 @@ fn pause_drops_both_ways_and_resume_restores_traffic() {
     a.t.send([env(2, 1, Other, b"resumed")]);
     let got = recv_n(b.t.messages(), 1, 5);
     assert_eq!(
-        got[0].payload, b"resumed",
+        got[0].payload,
+        &b"resumed"[..],
         "paused messages must never arrive"
     );
     b.t.send([env(1, 2, Other, b"back")]);
-    assert_eq!(recv_n(a.t.messages(), 1, 5)[0].payload, b"back");
+    assert_eq!(recv_n(a.t.messages(), 1, 5)[0].payload, &b"back"[..]);
     let s = a.t.stats().peer(2);
     assert_eq!(s.message_lane.msgs_received, 1);
     assert_eq!(s.received_dropped_paused, 27);
@@ -971,7 +972,10 @@ fn update_peer_with_the_same_addresses_keeps_the_connections() {
     // The loop handles the update before this message: a reconnect would
     // have shown by the time it arrives.
     nodes[0].t.send([env(2, 1, Other, b"after")]);
-    assert_eq!(recv_n(nodes[1].t.messages(), 1, 5)[0].payload, b"after");
+    assert_eq!(
+        recv_n(nodes[1].t.messages(), 1, 5)[0].payload,
+        &b"after"[..]
+    );
     assert_eq!(nodes[0].t.active_since(2), Some(since));
     let s = nodes[0].t.stats().peer(2);
     assert_eq!((s.reconnects, s.message_lane.dropped()), (0, 0));

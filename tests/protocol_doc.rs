@@ -366,7 +366,8 @@ fn message_frame_example() {
     let (kind, payload) = one_frame(&bytes, max);
     assert_eq!(kind, FrameKind::Message);
     assert_eq!(payload.len(), bytes.len() - FRAME_HEADER_LEN);
-    let envelope = <Envelope as Message>::decode(&payload).expect("envelope decodes");
+    let envelope = <Envelope as Message>::decode(bytes::Bytes::copy_from_slice(&payload))
+        .expect("envelope decodes");
     let expected = Envelope::new(2, 1, MessageClass::Other, b"hi".to_vec());
     assert_eq!(envelope, expected);
 

@@ -278,7 +278,7 @@ fn a_corrupted_chunk_fails_the_snapshot() {
     assert!(n2.t.stats().peer(1).protocol_errors >= 1);
     // The bad checksum closed only the snapshot connection.
     n1.t.send([env(2, 1, MessageClass::Other, b"still here")]);
-    assert_eq!(recv_n(n2.t.messages(), 1, 5)[0].payload, b"still here");
+    assert_eq!(recv_n(n2.t.messages(), 1, 5)[0].payload, &b"still here"[..]);
 }
 
 #[test]
@@ -336,7 +336,7 @@ fn a_receiver_that_stops_reading_fails_the_snapshot_after_the_progress_timeout()
     drop(inc);
     // Messages kept flowing.
     nodes[0].t.send([env(2, 1, MessageClass::Other, b"ok")]);
-    assert_eq!(recv_n(nodes[1].t.messages(), 1, 5)[0].payload, b"ok");
+    assert_eq!(recv_n(nodes[1].t.messages(), 1, 5)[0].payload, &b"ok"[..]);
 }
 
 #[test]

@@ -100,10 +100,10 @@ fn still_serving(a: &Node, b: &Node) {
     let (ia, ib) = (a.t.node_id(), b.t.node_id());
     a.t.send(vec![env(ib, ia, MessageClass::Other, b"ping")]);
     let got = recv_n(b.t.messages(), 1, 5);
-    assert_eq!(got[0].payload, b"ping");
+    assert_eq!(got[0].payload, &b"ping"[..]);
     b.t.send(vec![env(ia, ib, MessageClass::Other, b"pong")]);
     let got = recv_n(a.t.messages(), 1, 5);
-    assert_eq!(got[0].payload, b"pong");
+    assert_eq!(got[0].payload, &b"pong"[..]);
 }
 
 /// Two members of `ca`, ids 1 and 2, connected both ways.

@@ -10,8 +10,8 @@ use crate::common::{
 use crate::{Pilot, Plan, Run, Scale};
 use crossbeam_channel::{Sender, TryRecvError, select};
 use raftwire::{
-    ChannelReporter, Config, Envelope, Message, MessageClass, NoopReporter, ReportEvent, Reporter,
-    SnapshotStatus, Transport,
+    Bytes, ChannelReporter, Config, Envelope, Message, MessageClass, NoopReporter, ReportEvent,
+    Reporter, SnapshotStatus, Transport,
 };
 use std::io::Read;
 use std::sync::Arc;
@@ -63,21 +63,19 @@ const HB_WARMUP: u64 = 10;
 pub trait BenchMsg: Message {
     /// What the notes call it.
     const NAME: &'static str;
-    /// An append-class message carrying `payload`.
-    fn append(payload: Vec<u8>) -> Self;
+    /// An append-class message carrying `payload` (shared, not copied).
+    fn append(payload: Bytes) -> Self;
     /// A heartbeat-class (`MessageClass::Other`) message stamped `sent_ns`.
     fn heartbeat(sent_ns: u64) -> Self;
     /// A heartbeat's stamp.
     fn sent_ns(&self) -> Option<u64>;
     /// The payload bytes an append carries.
     fn payload_len(&self) -> usize;
-    /// The append's payload buffer, for reuse by the sender, if it has one.
-    fn into_payload(self) -> Option<Vec<u8>>;
 }
 
 impl BenchMsg for Envelope {
     const NAME: &'static str = "Envelope";
-    fn append(payload: Vec<u8>) -> Self {
+    fn append(payload: Bytes) -> Self {
         Envelope::new(2, 1, MessageClass::Append, payload)
     }
     fn heartbeat(sent_ns: u64) -> Self {
@@ -91,9 +89,6 @@ impl BenchMsg for Envelope {
     fn payload_len(&self) -> usize {
         self.payload.len()
     }
-    fn into_payload(self) -> Option<Vec<u8>> {
-        Some(self.payload)
-    }
 }
 
 /// raft-rs messages: a `MsgAppend` with one entry whose data is the
@@ -101,13 +96,13 @@ impl BenchMsg for Envelope {
 #[cfg(feature = "raft-rs")]
 impl BenchMsg for raft::eraftpb::Message {
     const NAME: &'static str = "raft-rs MsgAppend (one entry)";
-    fn append(payload: Vec<u8>) -> Self {
+    fn append(payload: Bytes) -> Self {
         use raft::eraftpb::{Entry, EntryType, MessageType};
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryNormal);
         e.term = 7;
         e.index = 1_000_001;
-        e.data = payload.into();
+        e.data = payload;
         let mut m = raft::eraftpb::Message::default();
         m.set_msg_type(MessageType::MsgAppend);
         (m.to, m.from, m.term, m.log_term, m.index, m.commit) = (2, 1, 7, 7, 1_000_000, 999_990);
@@ -129,9 +124,6 @@ impl BenchMsg for raft::eraftpb::Message {
     fn payload_len(&self) -> usize {
         self.entries.iter().map(|e| e.data.len()).sum()
     }
-    fn into_payload(self) -> Option<Vec<u8>> {
-        None
-    }
 }
 
 /// The configuration both nodes run with. Everything is the default except
@@ -150,7 +142,7 @@ pub fn config<M: BenchMsg>(node_id: u64, append_payload: usize, imp: &str) -> Co
         #[cfg(not(feature = "tls"))]
         panic!("{IMPL_TLS} needs the tls feature");
     }
-    let append_len = M::append(vec![0; append_payload]).encoded_len();
+    let append_len = M::append(vec![0; append_payload].into()).encoded_len();
     c.send_queue_len = c.send_queue_len.max(WINDOW as usize);
     c.append_queue_bytes = c.append_queue_bytes.max(WINDOW as usize * append_len);
     c
@@ -231,12 +223,10 @@ struct Shared {
     /// …or when this is set.
     stop: AtomicBool,
     epoch: Instant,
-    /// Where spent append payloads go back to the sender for reuse (W3-load).
-    recycle: Option<Sender<Vec<u8>>>,
 }
 
 impl Shared {
-    fn new(recycle: Option<Sender<Vec<u8>>>) -> Arc<Shared> {
+    fn new() -> Arc<Shared> {
         Arc::new(Shared {
             window: Window::for_current_thread(),
             bytes: AtomicU64::new(0),
@@ -245,7 +235,6 @@ impl Shared {
             hb_total: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             epoch: Instant::now(),
-            recycle,
         })
     }
 }
@@ -281,11 +270,6 @@ impl Counts {
         s.window.set_delivered(self.appends);
         if self.appends == s.total.load(Relaxed) {
             self.out.end = Some(Stamp::now());
-        }
-        if let Some(r) = &s.recycle
-            && let Some(buf) = m.into_payload()
-        {
-            let _ = r.send(buf);
         }
     }
 
@@ -379,9 +363,9 @@ pub fn print_config(c: &Config, msg: &str) {
 /// window, built before the clock starts, sent one per `send` call.
 pub fn throughput<M: BenchMsg>(imp: &str, workload: &str, plan: &Plan) -> Result<(), Error> {
     let pair = Pair::<M>::start_with(plan.payload_len, NoopReporter, imp)?;
-    let s = Shared::new(None);
+    let s = Shared::new();
     let consumer = spawn_consumer(&pair.rx, s.clone());
-    let payload = pattern(plan.payload_len);
+    let payload = Bytes::from(pattern(plan.payload_len));
     let build = |n: u64| -> Vec<M> { (0..n).map(|_| M::append(payload.clone())).collect() };
     let (mut sent, mut seen) = (0u64, 0u64);
     let mut send = |m: M, sent: &mut u64| {
@@ -492,7 +476,7 @@ fn warm_heartbeats<M: BenchMsg>(pair: &Pair<M>, s: &Shared) -> Result<(), Error>
 /// W3-idle: heartbeats alone.
 pub fn w3_idle<M: BenchMsg>(workload: &str, scale: &Scale) -> Result<(), Error> {
     let pair = Pair::<M>::start(HB_PAYLOAD)?;
-    let s = Shared::new(None);
+    let s = Shared::new();
     s.total.store(0, Relaxed);
     s.hb_total.store(u64::MAX, Release);
     let consumer = spawn_consumer(&pair.rx, s.clone());
@@ -521,20 +505,19 @@ pub fn w3_idle<M: BenchMsg>(workload: &str, scale: &Scale) -> Result<(), Error> 
 /// window) stream on the same pair for the whole heartbeat period. The
 /// heartbeats start once the load is in steady state (the window has
 /// filled once), and the load's payload MB/s is measured over the
-/// heartbeat period. Spent payload buffers go back to the sender, so the
-/// load allocates nothing once the window has filled.
+/// heartbeat period. Every append shares one payload buffer (`Bytes`), so
+/// the load allocates no payloads.
 pub fn w3_load<M: BenchMsg>(workload: &str, scale: &Scale) -> Result<(), Error> {
     let len = scale.w2_payload;
     let pair = Pair::<M>::start(len)?;
-    let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-    let s = Shared::new(Some(recycle_tx));
+    let s = Shared::new();
     let consumer = spawn_consumer(&pair.rx, s.clone());
     warm_heartbeats(&pair, &s)?;
 
-    let template = pattern(len);
+    let template = Bytes::from(pattern(len));
     let (mut sent, mut seen) = (0u64, 0u64);
     let mut send_one = |sent: &mut u64| {
-        let payload = recycle_rx.try_recv().unwrap_or_else(|_| template.clone());
+        let payload = template.clone();
         s.window.wait_for_room(*sent, &mut seen, || {});
         pair.tx.send(std::iter::once(M::append(payload)));
         *sent += 1;

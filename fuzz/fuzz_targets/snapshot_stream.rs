@@ -79,7 +79,7 @@ fn payloads(p: &[u8]) {
         }
         Err(_) => assert!(p.len() != 1 || p[0] > 8),
     }
-    match Envelope::decode(p) {
+    match Envelope::decode(raftwire::Bytes::copy_from_slice(p)) {
         Ok(m) => {
             let mut again = Vec::new();
             m.encode(&mut again);
@@ -197,7 +197,7 @@ impl Receiver {
                         assert_eq!(crc32c::crc32c(&buf), end.crc);
                         self.finish(Outcome::Delivered { message, data: buf })
                     }
-                    None => match Envelope::decode(&buf) {
+                    None => match Envelope::decode(raftwire::Bytes::copy_from_slice(&buf)) {
                         Ok(m) if m.from == FROM && m.to == LOCAL => {
                             self.finish(Outcome::Delivered {
                                 message: m,
@@ -225,7 +225,7 @@ impl Receiver {
             assert!(msg.is_empty());
             None
         } else {
-            let Ok(message) = Envelope::decode(msg) else {
+            let Ok(message) = Envelope::decode(raftwire::Bytes::copy_from_slice(msg)) else {
                 return self.violation("decode");
             };
             if message.from != FROM {
@@ -319,7 +319,7 @@ fn well_formed(rest: &[u8]) {
     let (want, begin_msg, body) = if inline {
         let mut m = message;
         m.class = MessageClass::Snapshot;
-        m.payload.extend_from_slice(&data);
+        m.payload = [&m.payload[..], &data[..]].concat().into();
         let body = encode(&m);
         let want = Outcome::Delivered {
             message: m,

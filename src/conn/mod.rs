@@ -69,7 +69,7 @@ pub(crate) struct Batch {
     /// Large payload tails (`Message::encode_owned`), written from their
     /// own buffers: each `(at, bytes)` goes right after `buf[..at]`, in
     /// order of `at`.
-    pub tails: Vec<(usize, Vec<u8>)>,
+    pub tails: Vec<(usize, bytes::Bytes)>,
 }
 
 impl Batch {
@@ -269,7 +269,11 @@ mod outbox_tests {
         let b = Batch {
             buf: b"AAABB".to_vec(),
             msgs: 2,
-            tails: vec![(3, b"xxxx".to_vec()), (5, Vec::new()), (5, b"yy".to_vec())],
+            tails: vec![
+                (3, b"xxxx"[..].into()),
+                (5, bytes::Bytes::new()),
+                (5, b"yy"[..].into()),
+            ],
         };
         let whole = b"AAAxxxxBByy".to_vec();
         assert_eq!(b.len(), whole.len());
@@ -318,7 +322,7 @@ mod outbox_tests {
             o.push_batch(Batch {
                 buf: b"xy".to_vec(),
                 msgs: 3,
-                tails: vec![(1, b"TAIL".to_vec())],
+                tails: vec![(1, b"TAIL"[..].into())],
             });
             assert_eq!(o.queued_msgs(), 5);
             let (bytes, done) = drain(&mut o, step);

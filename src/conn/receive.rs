@@ -9,20 +9,24 @@ use super::snapshot::{SnapshotFailure, Verifier};
 use crate::error::ProtocolViolation;
 use crate::message::Message;
 use crate::wire::{AckStatus, Checksums, Frame, FrameKind, SnapshotBegin, SnapshotEnd};
+use bytes::Bytes;
 
-/// One frame of a message or append lane: `Ok(None)` for a link heartbeat,
-/// the message and its encoded size otherwise.
+/// One frame of a message or append lane, its payload as the reader holds
+/// it (a slice of the read buffer): `Ok(None)` for a link heartbeat, the
+/// message and its encoded size otherwise.
 pub(crate) fn lane_frame<M: Message>(
     node_id: u64,
     from: u64,
-    frame: &Frame<'_>,
+    kind: FrameKind,
+    payload: Bytes,
 ) -> Result<Option<(M, usize)>, ProtocolViolation> {
-    match frame.kind {
-        FrameKind::Heartbeat if frame.payload.is_empty() => Ok(None),
+    match kind {
+        FrameKind::Heartbeat if payload.is_empty() => Ok(None),
         FrameKind::Message => {
-            let m = M::decode(frame.payload).map_err(|e| ProtocolViolation::Decode(e.0))?;
+            let len = payload.len();
+            let m = M::decode(payload).map_err(|e| ProtocolViolation::Decode(e.0))?;
             check_addresses(node_id, from, &m)?;
-            Ok(Some((m, frame.payload.len())))
+            Ok(Some((m, len)))
         }
         _ => Err(ProtocolViolation::UnexpectedFrame),
     }

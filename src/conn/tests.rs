@@ -137,7 +137,9 @@ impl ReaderHalf {
         let mut cursor = self.deframer.feed(bytes);
         while let Some(f) = cursor.next() {
             let f = f.map_err(ProtocolViolation::Frame);
-            match f.and_then(|f| lane_frame::<Envelope>(2, from, &f)) {
+            match f.and_then(|f| {
+                lane_frame::<Envelope>(2, from, f.kind, bytes::Bytes::copy_from_slice(f.payload))
+            }) {
                 Ok(Some((m, _))) => {
                     self.got.push(m);
                     n += 1;

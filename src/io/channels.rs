@@ -12,6 +12,7 @@ use crate::error::{CloseReason, DropReason};
 use crate::lanes::{PerLane, QueuedLane};
 use crate::reporter::SnapshotStatus;
 use crate::wire::{AckStatus, RejectReason};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use std::net::SocketAddr;
@@ -194,6 +195,37 @@ impl Recycler {
         } else if cap > self.read_len && cap <= self.frame_max {
             let _ = self.frames.try_send(buf);
         }
+    }
+}
+
+/// A read buffer shared by the messages sliced from it: when the last
+/// slice is dropped (on whichever thread holds it), the buffer goes back to
+/// the pools.
+struct Pooled {
+    buf: Vec<u8>,
+    to: Recycler,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.to.recycle(std::mem::take(&mut self.buf));
+    }
+}
+
+impl Recycler {
+    /// `buf` as a [`Bytes`] to slice payloads from, recycled once the last
+    /// slice is gone.
+    pub fn share(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buf,
+            to: self.clone(),
+        })
     }
 }
 

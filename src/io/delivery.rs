@@ -14,6 +14,36 @@ pub(crate) struct Stopped;
 /// the channel (another core's cache line) for every message.
 const PRUNE_EVERY: usize = 64;
 
+/// What a message in a receive channel costs against the byte bound: the
+/// memory it keeps alive. A message that owns its bytes costs their number;
+/// one whose payload is a slice of a shared read buffer keeps the whole
+/// buffer alive, and consecutive messages of one buffer share one charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Charge {
+    pub bytes: usize,
+    /// The shared buffer (its address and capacity), or `None`.
+    pub buffer: Option<(usize, usize)>,
+}
+
+impl Charge {
+    /// A slice of the buffer at `addr`, of `cap` bytes.
+    pub fn shared(addr: usize, cap: usize) -> Charge {
+        Charge {
+            bytes: cap,
+            buffer: Some((addr, cap)),
+        }
+    }
+}
+
+impl From<usize> for Charge {
+    fn from(bytes: usize) -> Charge {
+        Charge {
+            bytes,
+            buffer: None,
+        }
+    }
+}
+
 /// A receive channel bounded in messages (by the channel) and in bytes (by
 /// tracking the sizes of what is still in it: the channel is FIFO, so its
 /// length says how many of the oldest sends have been consumed).
@@ -23,7 +53,7 @@ const PRUNE_EVERY: usize = 64;
 /// it first, and only a message that would not fit looks at the channel.
 pub(crate) struct Delivery<M> {
     tx: Sender<M>,
-    sizes: VecDeque<usize>,
+    sizes: VecDeque<Charge>,
     bytes: usize,
     max_bytes: usize,
     unpruned: usize,
@@ -45,27 +75,42 @@ impl<M> Delivery<M> {
         let held = self.tx.len();
         while self.sizes.len() > held {
             if let Some(s) = self.sizes.pop_front() {
-                self.bytes -= s;
+                self.bytes -= s.bytes;
             }
         }
     }
 
-    fn fits(&self, size: usize) -> bool {
-        self.bytes == 0 || self.bytes + size <= self.max_bytes
+    /// Whether the last message sent (still counted) shares `c`'s buffer:
+    /// then the buffer is charged already.
+    fn continues(&self, c: Charge) -> bool {
+        c.buffer.is_some() && self.sizes.back().is_some_and(|b| b.buffer == c.buffer)
     }
 
-    /// Whether a message of `size` bytes is within the byte bound now.
-    fn has_room_for(&mut self, size: usize) -> bool {
-        if self.fits(size) {
+    fn fits(&self, c: Charge) -> bool {
+        let cost = if self.continues(c) { 0 } else { c.bytes };
+        self.bytes == 0 || self.bytes + cost <= self.max_bytes
+    }
+
+    /// Whether a message costing `c` is within the byte bound now.
+    fn has_room_for(&mut self, c: Charge) -> bool {
+        if self.fits(c) {
             return true;
         }
         self.prune();
-        self.fits(size)
+        self.fits(c)
     }
 
-    fn sent(&mut self, size: usize) {
-        self.sizes.push_back(size);
-        self.bytes += size;
+    fn sent(&mut self, c: Charge) {
+        if self.continues(c) {
+            // The buffer's charge moves to the newest of its messages:
+            // the buffer lives until that one is consumed.
+            let back = self.sizes.back_mut().expect("continues");
+            let moved = std::mem::take(&mut back.bytes);
+            self.sizes.push_back(Charge { bytes: moved, ..c });
+        } else {
+            self.sizes.push_back(c);
+            self.bytes += c.bytes;
+        }
         self.unpruned += 1;
         if self.unpruned >= PRUNE_EVERY {
             self.prune();
@@ -74,7 +119,8 @@ impl<M> Delivery<M> {
 
     /// Puts the message in the channel if it has room now; gives it back
     /// if not.
-    pub fn try_deliver(&mut self, m: M, size: usize) -> Result<Result<(), M>, Stopped> {
+    pub fn try_deliver(&mut self, m: M, size: impl Into<Charge>) -> Result<Result<(), M>, Stopped> {
+        let size = size.into();
         if !self.has_room_for(size) {
             return Ok(Err(m));
         }
@@ -89,7 +135,13 @@ impl<M> Delivery<M> {
     }
 
     /// Blocks until the message is in the channel, or the transport stops.
-    pub fn deliver(&mut self, m: M, size: usize, stop: &Receiver<()>) -> Result<(), Stopped> {
+    pub fn deliver(
+        &mut self,
+        m: M,
+        size: impl Into<Charge>,
+        stop: &Receiver<()>,
+    ) -> Result<(), Stopped> {
+        let size = size.into();
         // Over the byte bound: wait for the caller to drain. The channel
         // cannot signal a drain, so look again every millisecond; this only
         // happens while the caller is behind.
@@ -160,6 +212,34 @@ mod tests {
         // Never less than what the channel holds.
         d.deliver(7, 100, &stop).ok().unwrap();
         assert!(d.bytes >= 100 * rx.len());
+    }
+
+    #[test]
+    fn messages_sliced_from_one_buffer_share_its_charge_until_the_last_is_taken() {
+        let (tx, rx) = crossbeam_channel::bounded(100);
+        let mut d = Delivery::new(tx, 1000);
+        let a = Charge::shared(0x1000, 600);
+        let b = Charge::shared(0x9000, 600);
+        // Three slices of buffer a: charged once.
+        for i in 0..3u32 {
+            d.try_deliver(i, a).ok().unwrap().unwrap();
+        }
+        assert_eq!(d.bytes, 600);
+        // Buffer b would pass the bound while a's slices wait.
+        assert!(d.try_deliver(9u32, b).ok().unwrap().is_err());
+        // Taking a's first two slices keeps a alive: still no room.
+        assert_eq!((rx.recv(), rx.recv()), (Ok(0), Ok(1)));
+        assert!(d.try_deliver(9u32, b).ok().unwrap().is_err());
+        assert_eq!(d.bytes, 600);
+        // The last one frees it.
+        assert_eq!(rx.recv(), Ok(2));
+        d.try_deliver(9u32, b).ok().unwrap().unwrap();
+        assert_eq!(d.bytes, 600);
+        // A message of its own between two slices of b: b charged again
+        // (more than it holds, never less).
+        d.try_deliver(10u32, 50).ok().unwrap().unwrap();
+        assert!(d.try_deliver(11u32, b).ok().unwrap().is_err());
+        assert_eq!(d.bytes, 650);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use super::account::{Accounts, Incident};
 use super::channels::{LoopCmd, LoopHandle, ReaderMsg, Recycler};
-use super::delivery::{Delivery, Stopped};
+use super::delivery::{Charge, Delivery, Stopped};
 use super::peers::PeerShared;
 use super::shared::Shared;
 use super::snapshot_recv::{Flow, Port, StreamOut};
@@ -30,6 +30,7 @@ use crate::snapshot::{IncomingSnapshot, Parking, SnapItem, SnapshotReader};
 use crate::wire::{
     AckStatus, Checksums, Cursor, Deframer, FRAME_HEADER_LEN, Frame, HelloError, HelloParse, Lane,
 };
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, select};
 use log::debug;
 use std::collections::{HashMap, VecDeque};
@@ -120,13 +121,71 @@ impl Incoming {
     }
 }
 
+/// Bytes read from one connection, as the event loop handed them over.
+/// A message lane's chunk is shared on first use: its messages' payloads
+/// are slices of it, and it returns to the pools when the last is dropped.
+/// A snapshot connection's stays a plain buffer (a chunk frame that fills
+/// it is handed to the application as it is).
+enum Chunk {
+    Raw(Vec<u8>),
+    Shared { bytes: Bytes, cap: usize },
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Raw(v) => v,
+            Chunk::Shared { bytes, .. } => bytes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// The chunk as a plain buffer (a snapshot connection's: never shared,
+    /// so never copied here).
+    fn raw(&mut self) -> &mut Vec<u8> {
+        if let Chunk::Shared { bytes, .. } = self {
+            *self = Chunk::Raw(bytes.to_vec());
+        }
+        match self {
+            Chunk::Raw(v) => v,
+            Chunk::Shared { .. } => unreachable!("made raw above"),
+        }
+    }
+
+    /// The chunk to slice payloads from, and the buffer capacity a slice
+    /// keeps alive.
+    fn share(&mut self, recycler: &Recycler) -> (&Bytes, usize) {
+        if let Chunk::Raw(v) = self {
+            let buf = std::mem::take(v);
+            let cap = buf.capacity();
+            *self = Chunk::Shared {
+                bytes: recycler.share(buf),
+                cap,
+            };
+        }
+        match self {
+            Chunk::Shared { bytes, cap } => (bytes, *cap),
+            Chunk::Raw(_) => unreachable!("shared above"),
+        }
+    }
+}
+
+/// `payload` as a slice of `chunk` if it lies in it.
+fn slice_of(chunk: &Bytes, payload: &[u8]) -> Option<Bytes> {
+    let (base, p) = (chunk.as_ptr() as usize, payload.as_ptr() as usize);
+    (p >= base && p + payload.len() <= base + chunk.len()).then(|| chunk.slice_ref(payload))
+}
+
 /// One inbound connection, reader side.
 struct Incoming {
     peer_addr: Option<SocketAddr>,
     credit: Arc<Credit>,
     state: State,
     deframer: Deframer,
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already consumed.
     offset: usize,
     /// The loop closed the connection; finish once the chunks are drained.
@@ -155,7 +214,7 @@ pub(crate) struct Reader<M: Message> {
     appends: Delivery<M>,
     /// Appends that found the appends channel full, each holding back its
     /// connection (at most one per connection), in arrival order.
-    held: VecDeque<(ConnId, M, usize)>,
+    held: VecDeque<(ConnId, M, Charge)>,
     snapshots: Delivery<IncomingSnapshot<M>>,
     /// For `SnapshotReader`s to wake this thread.
     wake_tx: Sender<ReaderMsg>,
@@ -289,7 +348,7 @@ impl<M: Message> Reader<M> {
             }
             ReaderMsg::Data { conn, bytes } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.chunks.push_back(bytes);
+                    c.chunks.push_back(Chunk::Raw(bytes));
                     self.wake(conn);
                 }
             }
@@ -383,8 +442,11 @@ impl<M: Message> Reader<M> {
                     self.loop_handle.send(LoopCmd::ResumeRead { conn: id });
                 }
                 // Reused by the loop for its next reads: no allocation and
-                // no zeroing (the pools are small; the rest is freed).
-                self.recycler.recycle(chunk);
+                // no zeroing (the pools are small; the rest is freed). A
+                // shared chunk goes back when its last slice is dropped.
+                if let Chunk::Raw(buf) = chunk {
+                    self.recycler.recycle(buf);
+                }
             }
             if result? == Flow::Park {
                 self.conns.insert(id, c);
@@ -420,13 +482,13 @@ impl<M: Message> Reader<M> {
         &mut self,
         id: ConnId,
         c: &mut Incoming,
-        chunk: &mut Vec<u8>,
+        chunk: &mut Chunk,
         off: &mut usize,
         budget: &mut Budget,
         peer: Option<&PeerShared>,
     ) -> Result<Flow, Stopped> {
         if let State::Hello(h) = &mut c.state {
-            let (took, parsed) = h.handle_bytes(&chunk[*off..]);
+            let (took, parsed) = h.handle_bytes(&chunk.bytes()[*off..]);
             *off += took;
             match parsed {
                 None => return Ok(Flow::Go),
@@ -451,8 +513,9 @@ impl<M: Message> Reader<M> {
             }
         };
         if lane == Lane::Snapshot {
-            return self.consume_snapshot(id, c, from, chunk, off, budget, peer);
+            return self.consume_snapshot(id, c, from, chunk.raw(), off, budget, peer);
         }
+        let (chunk, cap) = chunk.share(&self.recycler);
         let mut cursor = c.deframer.feed(&chunk[*off..]);
         let mut violation = None;
         let mut flow = Flow::Go;
@@ -461,12 +524,32 @@ impl<M: Message> Reader<M> {
         let mut tally = Tally::default();
         let node_id = self.shared.config.node_id;
         while let Some(frame) = budget.next(&mut cursor) {
-            match frame.and_then(|f| lane_frame::<M>(node_id, from, &f)) {
+            let (kind, sliced) = match frame {
+                Ok(f) => (f.kind, slice_of(chunk, f.payload)),
+                Err(v) => {
+                    violation = Some(v);
+                    break;
+                }
+            };
+            // The payload as a slice of the read buffer, or, for a frame
+            // that arrived over several reads, the buffer it was put
+            // together in: never a copy.
+            let (payload, charge) = match sliced {
+                Some(p) => (p, Charge::shared(chunk.as_ptr() as usize, cap)),
+                None => {
+                    let buf = cursor.take_reassembled().unwrap_or_default();
+                    let charge = Charge::from(buf.capacity());
+                    let mut whole = Bytes::from(buf);
+                    (whole.split_off(FRAME_HEADER_LEN.min(whole.len())), charge)
+                }
+            };
+            match lane_frame::<M>(node_id, from, kind, payload) {
                 Ok(None) => {}
                 Ok(Some((m, size))) => {
                     // Accounted for here from now on, whatever happens
                     // next: the sender may stop counting it as in flight.
                     tally.0 += 1;
+                    let size = (size, charge);
                     if self.deliver(id, m, size, lane, peer, &c.credit, &mut tally)? == Flow::Park {
                         flow = Flow::Park;
                         break;
@@ -494,7 +577,7 @@ impl<M: Message> Reader<M> {
         &mut self,
         id: ConnId,
         m: M,
-        size: usize,
+        (size, charge): (usize, Charge),
         lane: Lane,
         peer: Option<&PeerShared>,
         credit: &Credit,
@@ -520,19 +603,19 @@ impl<M: Message> Reader<M> {
             MessageClass::Append if self.shared.config.separate_appends => {
                 // A full appends channel holds back this connection only,
                 // not the reader.
-                if let Err(m) = self.appends.try_deliver(m, size)? {
-                    self.held.push_back((id, m, size));
+                if let Err(m) = self.appends.try_deliver(m, charge)? {
+                    self.held.push_back((id, m, charge));
                     return Ok(Flow::Park);
                 }
                 return Ok(Flow::Go);
             }
             _ => &mut self.messages,
         };
-        if let Err(m) = d.try_deliver(m, size)? {
+        if let Err(m) = d.try_deliver(m, charge)? {
             // About to wait for the caller: what was delivered so far is
             // acknowledged first.
             tally.publish(credit);
-            d.deliver(m, size, &self.stop)?;
+            d.deliver(m, charge, &self.stop)?;
         }
         Ok(Flow::Go)
     }
@@ -678,7 +761,7 @@ impl<M: Message> Reader<M> {
         peer: Option<&PeerShared>,
     ) -> Result<Result<Option<StreamOut>, ProtocolViolation>, Stopped> {
         let cfg = &self.shared.config;
-        let m = match M::decode(message) {
+        let m = match M::decode(Bytes::copy_from_slice(message)) {
             Ok(m) => m,
             Err(e) => return Ok(Err(ProtocolViolation::Decode(e.0))),
         };
@@ -747,14 +830,15 @@ impl<M: Message> Reader<M> {
         buf: Vec<u8>,
     ) -> Result<(), Stopped> {
         let node_id = self.shared.config.node_id;
-        let m = match M::decode(&buf) {
+        let len = buf.len();
+        let m = match M::decode(Bytes::from(buf)) {
             Ok(m) if check_addresses(node_id, from, &m).is_ok() => m,
             _ => {
                 self.refuse(id, from, peer, AckStatus::Malformed, None);
                 return Ok(());
             }
         };
-        let size = buf.len() as u64;
+        let size = len as u64;
         self.accounts
             .note(peer, Incident::SnapshotReceived { from, size });
         self.accounts
@@ -767,7 +851,7 @@ impl<M: Message> Reader<M> {
         } else {
             &mut self.messages
         };
-        d.deliver(m, buf.len(), &self.stop)?;
+        d.deliver(m, len, &self.stop)?;
         self.loop_handle.send(LoopCmd::SnapshotAck {
             conn: id,
             status: AckStatus::Ok,

@@ -292,8 +292,8 @@ pub(crate) fn encode_frame_owned(
     max_len: u32,
     min_tail: usize,
     mode: Checksums,
-    write_payload: impl FnOnce(&mut Vec<u8>) -> Option<Vec<u8>>,
-) -> Result<Option<Vec<u8>>, usize> {
+    write_payload: impl FnOnce(&mut Vec<u8>) -> Option<bytes::Bytes>,
+) -> Result<Option<bytes::Bytes>, usize> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     let mut tail = write_payload(out);
@@ -442,6 +442,18 @@ impl<'d, 'i> Cursor<'d, 'i> {
             return self.next_from_partial();
         }
         self.next_from_input()
+    }
+
+    /// After [`next`](Cursor::next) returned a frame that was put together
+    /// from more than one input (its payload is not part of this cursor's
+    /// input): that frame's buffer, header included, handed over instead
+    /// of being kept for the next frame. `None` for a frame of the input.
+    pub fn take_reassembled(&mut self) -> Option<Vec<u8>> {
+        if !self.d.partial_done {
+            return None;
+        }
+        self.d.partial_done = false;
+        Some(std::mem::take(&mut self.d.partial))
     }
 
     fn fail(&mut self, e: FrameError) -> Option<Result<Frame<'_>, FrameError>> {
@@ -770,7 +782,7 @@ mod tests {
                     mode,
                     |b| {
                         b.extend_from_slice(&payload[..head]);
-                        Some(payload[head..].to_vec())
+                        Some(bytes::Bytes::copy_from_slice(&payload[head..]))
                     },
                 )
                 .unwrap();
@@ -790,7 +802,7 @@ mod tests {
             Checksums::Full,
             |b| {
                 b.extend_from_slice(&[0; 50]);
-                Some(vec![0; 60])
+                Some(bytes::Bytes::from(vec![0; 60]))
             },
         );
         assert_eq!(r, Err(110));
