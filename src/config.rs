@@ -71,6 +71,15 @@ pub struct Config {
     /// `appends()`. `false`: everything but proposals on `messages()`, in
     /// arrival order (appends and heartbeats then share one queue).
     pub separate_appends: bool,
+    /// Send heartbeats, votes and other message-lane messages from the
+    /// calling thread when their lane is idle (default `true`): if nothing
+    /// is queued or in flight on the peer's message lane, `send` encodes
+    /// the message itself and hands it to the event loop, so it does not
+    /// wait for the lane's writer thread to wake (one thread hand-off
+    /// fewer; on a loaded machine a wake-up can take a scheduler slice).
+    /// A busy lane queues as before and its writer batches. `false`:
+    /// every message goes through the writer thread.
+    pub direct_send: bool,
     /// Per inbound connection: bytes read from the socket and not yet
     /// decoded. Past it the event loop stops reading that socket.
     pub conn_read_cap: usize,
@@ -172,6 +181,7 @@ impl Config {
             recv_queue_len: 4096,
             recv_queue_bytes: 64 << 20,
             separate_appends: true,
+            direct_send: true,
             conn_read_cap: 1 << 20,
             max_inbound_connections: 256,
             read_chunk_len: 64 << 10,

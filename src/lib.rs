@@ -279,6 +279,11 @@
 //! threads are drivers around those machines: one event loop (`mio`) owns
 //! every socket, a writer per peer lane batches, a reader decodes and
 //! delivers, a notifier calls the [`Reporter`]. The README has the picture.
+//! One shortcut: a heartbeat or vote sent while its peer's message lane is
+//! idle is encoded on the calling thread and handed to the event loop
+//! without waking the writer ([`Config::direct_send`], counted in
+//! [`LaneStats::msgs_direct`](crate::stats::LaneStats::msgs_direct)); a
+//! busy lane queues, and the writer batches.
 //!
 //! # 10. raft-rs
 //!

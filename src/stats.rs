@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub(crate) struct LaneCounters {
     pub msgs_sent: AtomicU64,
+    pub msgs_direct: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub msgs_received: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -79,6 +80,7 @@ impl PeerCounters {
         let lane = |l: &LaneCounters, connected_since: Option<Instant>| LaneStats {
             connected_since,
             msgs_sent: l.msgs_sent.load(Relaxed),
+            msgs_direct: l.msgs_direct.load(Relaxed),
             bytes_sent: l.bytes_sent.load(Relaxed),
             msgs_received: l.msgs_received.load(Relaxed),
             bytes_received: l.bytes_received.load(Relaxed),
@@ -252,6 +254,10 @@ impl TlsStats {
 pub struct LaneStats {
     /// Messages written to the socket.
     pub msgs_sent: u64,
+    /// Messages that `send` handed to the event loop itself because the
+    /// lane was idle ([`Config::direct_send`](crate::Config::direct_send)),
+    /// skipping the writer thread; counted in `msgs_sent` too once written.
+    pub msgs_direct: u64,
     /// Frame bytes written to the socket (headers included).
     pub bytes_sent: u64,
     /// Messages received and delivered to a receive channel.

@@ -85,6 +85,14 @@ pub(crate) struct Queued<M> {
     pub len: u64,
 }
 
+/// Sends one message straight to the event loop when its lane is idle
+/// (nothing queued, nothing in flight), skipping the writer thread's
+/// wake-up; gives it back when the lane is busy or its writer is busy.
+/// Implemented by the writer's encoder (`io::writer`).
+pub(crate) trait DirectSend<M>: Send + Sync {
+    fn try_direct(&self, m: Queued<M>, queue: &Sender<Queued<M>>) -> Result<(), Queued<M>>;
+}
+
 /// One lane's send queue: bounded in messages by the channel and in bytes
 /// by the lane's `queued_bytes` counter.
 pub(crate) struct LaneQueue<M> {
@@ -108,6 +116,9 @@ pub(crate) struct PeerEntry<M> {
     /// Dropping this sender tells the peer's writers to finish.
     pub close: Mutex<Option<Sender<()>>>,
     pub writers: Mutex<Vec<JoinHandle<()>>>,
+    /// The message lane's direct path (`Config::direct_send`), set once
+    /// its writer is started.
+    pub direct: std::sync::OnceLock<Arc<dyn DirectSend<M>>>,
 }
 
 impl<M> PeerEntry<M> {
@@ -121,6 +132,11 @@ impl<M> PeerEntry<M> {
 
     pub fn set_kind(&self, kind: PeerKind) {
         *self.kind.lock().unwrap_or_else(|e| e.into_inner()) = kind;
+    }
+
+    /// Lets `enqueue` send on the message lane directly while it is idle.
+    pub fn set_direct(&self, d: Arc<dyn DirectSend<M>>) {
+        let _ = self.direct.set(d);
     }
 
     /// Ends the peer's writers and waits for them.
@@ -138,6 +154,15 @@ impl<M: Message> PeerEntry<M> {
     /// byte bound may pass an empty queue, or it could never be sent.
     pub fn enqueue(&self, m: M, lane: QueuedLane, len: u64) -> Result<(), SendError<M>> {
         let q = &self.queues[lane];
+        let m = match self.direct.get() {
+            Some(d) if lane == QueuedLane::Message && q.tx.is_empty() => {
+                match d.try_direct(Queued { msg: m, len }, &q.tx) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => back.msg,
+                }
+            }
+            _ => m,
+        };
         let queued = &self.counters().lane(lane.lane()).queued_bytes;
         let before = queued.fetch_add(len, AcqRel);
         if before > 0 && before + len > q.max_bytes {

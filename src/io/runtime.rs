@@ -230,6 +230,7 @@ impl<M: Message> Runtime<M> {
             kind: Mutex::new(kind),
             close: Mutex::new(Some(close_tx)),
             writers: Mutex::new(Vec::new()),
+            direct: std::sync::OnceLock::new(),
         });
         self.loop_handle.send(LoopCmd::AddPeer {
             id,
@@ -243,7 +244,6 @@ impl<M: Message> Runtime<M> {
                 peer_id: id,
                 peer: shared.clone(),
                 lane,
-                queue: q.1.clone(),
                 returns: q.3.clone(),
                 close: close_rx.clone(),
                 stop: self.stop_rx.clone(),
@@ -251,7 +251,10 @@ impl<M: Message> Runtime<M> {
                 accounts: self.shared.accounts.clone(),
                 config: config.clone(),
             };
-            let w = Writer::<M>::new(ctx);
+            let mut w = Writer::<M>::new(ctx, q.1.clone());
+            if lane == QueuedLane::Message && config.direct_send {
+                entry.set_direct(w.share());
+            }
             let spawned = std::thread::Builder::new()
                 .name(format!(
                     "raftwire{}-w{id}{}",

@@ -6,7 +6,7 @@
 
 use super::account::{Accounts, Incident};
 use super::channels::{LoopCmd, LoopHandle, Returned};
-use super::peers::{PeerShared, Queued};
+use super::peers::{DirectSend, PeerShared, Queued};
 use crate::config::Config;
 use crate::conn::Batch;
 use crate::error::DropReason;
@@ -14,11 +14,11 @@ use crate::lanes::QueuedLane;
 use crate::message::Message;
 use crate::wire::FrameKind;
 use crate::wire::frame::{Checksums, encode_frame_owned};
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, select};
 use log::error;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Payload tails of at least this many bytes are written from the
@@ -26,11 +26,10 @@ use std::time::Duration;
 /// into the batch, where one more slice would cost more than the copy.
 const MIN_OWNED_TAIL: usize = 16 << 10;
 
-pub(crate) struct WriterCtx<M> {
+pub(crate) struct WriterCtx {
     pub peer_id: u64,
     pub peer: Arc<PeerShared>,
     pub lane: QueuedLane,
-    pub queue: Receiver<Queued<M>>,
     pub returns: Receiver<Returned>,
     pub close: Receiver<()>,
     pub stop: Receiver<()>,
@@ -39,8 +38,34 @@ pub(crate) struct WriterCtx<M> {
     pub config: Config,
 }
 
+/// The writer thread of one lane. What it encodes with, the [`Encoder`],
+/// is shared (behind a lock) with callers that send directly on an idle
+/// lane ([`DirectSend`]); the queue is taken from only under that lock, so
+/// a direct send can never overtake a message taken from the queue.
 pub(crate) struct Writer<M> {
-    ctx: WriterCtx<M>,
+    enc: Arc<Mutex<Encoder<M>>>,
+    queue: Receiver<Queued<M>>,
+    returns: Receiver<Returned>,
+    close: Receiver<()>,
+    stop: Receiver<()>,
+    /// The encoder is shared with direct senders (`share` was called).
+    shared: bool,
+}
+
+/// What the writer thread woke for.
+enum Woke<M> {
+    /// Look at the queue and the returned batches again.
+    Look,
+    /// The next message (taken from the queue of an unshared lane).
+    Msg(Queued<M>),
+    /// The peer was removed or the transport stopped.
+    End(DropReason),
+}
+
+/// Encodes a lane's messages into batches and hands them to the event
+/// loop; accounts for the batches the loop hands back.
+pub(crate) struct Encoder<M> {
+    ctx: WriterCtx,
     spare: Vec<Vec<u8>>,
     /// Batches handed to the loop and not yet handed back…
     inflight: usize,
@@ -48,79 +73,206 @@ pub(crate) struct Writer<M> {
     inflight_msgs: u64,
     /// What the frame checksums cover (the hello tells the receiver).
     checksums: Checksums,
+    /// The writer thread has finished: nothing may be sent any more.
+    ended: bool,
     _m: PhantomData<fn() -> M>,
 }
 
-enum Wait<M> {
-    Msg(Queued<M>),
-    Returned(Returned),
-    /// The peer was removed or the transport stopped.
-    End(DropReason),
+/// Whether a channel that is never sent on has been closed (its sender
+/// dropped).
+fn closed(rx: &Receiver<()>) -> bool {
+    !matches!(rx.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))
 }
 
 impl<M: Message> Writer<M> {
-    pub fn new(ctx: WriterCtx<M>) -> Writer<M> {
+    /// The writer thread of a lane, and its encoder (to share with callers
+    /// that send directly).
+    pub fn new(ctx: WriterCtx, queue: Receiver<Queued<M>>) -> Writer<M> {
         Writer {
-            checksums: ctx.config.sent_checksums(),
-            ctx,
-            spare: Vec::new(),
-            inflight: 0,
-            inflight_msgs: 0,
-            _m: PhantomData,
+            shared: false,
+            queue,
+            returns: ctx.returns.clone(),
+            close: ctx.close.clone(),
+            stop: ctx.stop.clone(),
+            enc: Arc::new(Mutex::new(Encoder {
+                checksums: ctx.config.sent_checksums(),
+                ctx,
+                spare: Vec::new(),
+                inflight: 0,
+                inflight_msgs: 0,
+                ended: false,
+                _m: PhantomData,
+            })),
         }
     }
 
-    pub fn run(mut self) {
+    /// The encoder, for direct sends on this lane.
+    pub fn share(&mut self) -> Arc<Mutex<Encoder<M>>> {
+        self.shared = true;
+        self.enc.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Encoder<M>> {
+        self.enc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn run(self) {
+        let max_inflight = self.lock().ctx.config.max_inflight_batches;
         let reason = loop {
-            // Busy path: take spent buffers and the next message without
-            // the cost of a blocking select; block only when idle or full.
-            while let Ok(r) = self.ctx.returns.try_recv() {
-                let buf = self.account(r);
-                self.keep_spare(buf);
-            }
-            let waited = if self.inflight >= self.ctx.config.max_inflight_batches {
-                self.wait_returned()
-            } else if let Ok(m) = self.ctx.queue.try_recv() {
-                Wait::Msg(m)
-            } else {
-                self.wait_any()
-            };
-            match waited {
-                Wait::Returned(r) => {
-                    let buf = self.account(r);
-                    self.keep_spare(buf);
+            // Busy path: take spent buffers and the next messages without
+            // waiting; wait only when idle or when every batch is out.
+            let full = {
+                let mut enc = self.lock();
+                if enc.absorb_returns() {
+                    // The loop let go of this peer.
+                    break self.end_reason();
                 }
-                Wait::Msg(first) => self.flush_batch(first),
-                Wait::End(reason) => break reason,
+                let full = enc.inflight >= max_inflight;
+                if !full {
+                    match self.queue.try_recv() {
+                        Ok(first) => {
+                            enc.flush_batch(first, Some(&self.queue));
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => break DropReason::Removed,
+                        Err(TryRecvError::Empty) => {}
+                    }
+                }
+                full
+            };
+            match self.wait(full) {
+                Woke::Look => {}
+                Woke::Msg(first) => self.lock().flush_batch(first, Some(&self.queue)),
+                Woke::End(reason) => break reason,
             }
         };
+        let mut enc = self.lock();
+        enc.ended = true;
         // Batches out at the loop come back (unwritten) when the loop learns
         // of the removal or stops; count them under the same reason. The
         // channel disconnects once the loop has let go of this peer.
-        while self.inflight > 0 {
-            match self.ctx.returns.recv_timeout(Duration::from_millis(500)) {
+        while enc.inflight > 0 {
+            match self.returns.recv_timeout(Duration::from_millis(500)) {
                 Ok(r) => {
-                    self.account(r);
+                    enc.account(r);
                 }
                 Err(_) => break,
             }
         }
         // Batches the loop received after it let go of the peer (or never
         // received) will not come back.
-        self.drop_msgs(reason, self.inflight_msgs);
+        let lost = enc.inflight_msgs;
+        enc.drop_msgs(reason, lost);
         // Count what is still queued: it will never be sent.
         let mut n = 0u64;
-        let queued = &self
-            .ctx
-            .peer
-            .counters
-            .lane(self.ctx.lane.lane())
-            .queued_bytes;
-        for q in self.ctx.queue.try_iter() {
+        let queued = &enc.ctx.peer.counters.lane(enc.ctx.lane.lane()).queued_bytes;
+        for q in self.queue.try_iter() {
             queued.fetch_sub(q.len, AcqRel);
             n += 1;
         }
-        self.drop_msgs(reason, n);
+        enc.drop_msgs(reason, n);
+    }
+
+    /// Waits until a returned batch or (unless `full`) the queue has
+    /// something (or is disconnected), or the lane ends.
+    fn wait(&self, full: bool) -> Woke<M> {
+        if full {
+            // Only a returned batch can make progress: take it here (the
+            // queue is not touched, so order needs no lock).
+            return select! {
+                recv(self.returns) -> r => self.took_back(r),
+                recv(self.close) -> _ => Woke::End(DropReason::Removed),
+                recv(self.stop) -> _ => Woke::End(DropReason::Stopped),
+            };
+        }
+        if !self.shared {
+            // Nobody else sends on this lane: take the message at once.
+            return select! {
+                recv(self.queue) -> m => match m {
+                    Ok(m) => Woke::Msg(m),
+                    Err(_) => Woke::End(DropReason::Removed),
+                },
+                recv(self.returns) -> r => self.took_back(r),
+                recv(self.close) -> _ => Woke::End(DropReason::Removed),
+                recv(self.stop) -> _ => Woke::End(DropReason::Stopped),
+            };
+        }
+        // A direct send must not overtake a message taken from the queue,
+        // so the queue is taken from only under the lock: wait for it
+        // without taking.
+        let mut sel = Select::new();
+        sel.recv(&self.returns);
+        sel.recv(&self.close);
+        sel.recv(&self.stop);
+        sel.recv(&self.queue);
+        sel.ready();
+        if closed(&self.stop) {
+            Woke::End(DropReason::Stopped)
+        } else if closed(&self.close) {
+            Woke::End(DropReason::Removed)
+        } else {
+            Woke::Look
+        }
+    }
+
+    /// A batch came back from the loop, or (`Err`) the loop let go.
+    fn took_back(&self, r: Result<Returned, crossbeam_channel::RecvError>) -> Woke<M> {
+        let Ok(r) = r else {
+            return Woke::End(self.end_reason());
+        };
+        let mut enc = self.lock();
+        let buf = enc.account(r);
+        enc.keep_spare(buf);
+        Woke::Look
+    }
+
+    /// The loop let go of this peer: because the transport stopped, or
+    /// because the peer was removed.
+    fn end_reason(&self) -> DropReason {
+        if closed(&self.stop) {
+            DropReason::Stopped
+        } else {
+            DropReason::Removed
+        }
+    }
+}
+
+impl<M: Message> DirectSend<M> for Mutex<Encoder<M>> {
+    fn try_direct(&self, m: Queued<M>, queue: &Sender<Queued<M>>) -> Result<(), Queued<M>> {
+        // Never wait for the writer thread: it may be encoding a batch.
+        let Ok(mut enc) = self.try_lock() else {
+            return Err(m);
+        };
+        let gone = enc.absorb_returns();
+        // Idle: nothing in flight and nothing queued (checked under the
+        // lock, which the writer holds whenever it takes from the queue).
+        if gone || enc.ended || enc.inflight > 0 || !queue.is_empty() {
+            return Err(m);
+        }
+        let c = &enc.ctx;
+        let lane = c.peer.counters.lane(c.lane.lane());
+        // Counted in and out of the queue's bytes like a queued message.
+        lane.queued_bytes.fetch_add(m.len, AcqRel);
+        lane.msgs_direct.fetch_add(1, Relaxed);
+        enc.flush_batch(m, None);
+        Ok(())
+    }
+}
+
+impl<M: Message> Encoder<M> {
+    /// Accounts for every batch the loop has handed back so far. True if
+    /// the loop has let go of the lane (the channel is disconnected).
+    fn absorb_returns(&mut self) -> bool {
+        loop {
+            match self.ctx.returns.try_recv() {
+                Ok(r) => {
+                    let buf = self.account(r);
+                    self.keep_spare(buf);
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
     }
 
     /// Counts (and, where it means the peer is not reached, logs and
@@ -134,43 +286,6 @@ impl<M: Message> Writer<M> {
                 n,
             };
             c.accounts.note(Some(&c.peer), dropped);
-        }
-    }
-
-    fn wait_any(&self) -> Wait<M> {
-        let c = &self.ctx;
-        select! {
-            recv(c.queue) -> m => match m {
-                Ok(m) => Wait::Msg(m),
-                Err(_) => Wait::End(DropReason::Removed),
-            },
-            recv(c.returns) -> r => match r {
-                Ok(r) => Wait::Returned(r),
-                Err(_) => Wait::End(self.end_reason()),
-            },
-            recv(c.close) -> _ => Wait::End(DropReason::Removed),
-            recv(c.stop) -> _ => Wait::End(DropReason::Stopped),
-        }
-    }
-
-    /// The loop let go of this peer: because the transport stopped, or
-    /// because the peer was removed.
-    fn end_reason(&self) -> DropReason {
-        match self.ctx.stop.try_recv() {
-            Err(crossbeam_channel::TryRecvError::Disconnected) => DropReason::Stopped,
-            _ => DropReason::Removed,
-        }
-    }
-
-    fn wait_returned(&self) -> Wait<M> {
-        let c = &self.ctx;
-        select! {
-            recv(c.returns) -> r => match r {
-                Ok(r) => Wait::Returned(r),
-                Err(_) => Wait::End(self.end_reason()),
-            },
-            recv(c.close) -> _ => Wait::End(DropReason::Removed),
-            recv(c.stop) -> _ => Wait::End(DropReason::Stopped),
         }
     }
 
@@ -208,7 +323,9 @@ impl<M: Message> Writer<M> {
 
     /// Encodes `first` and whatever else is queued, up to the batch caps,
     /// and hands the batch to the loop.
-    fn flush_batch(&mut self, first: Queued<M>) {
+    /// `more`: the queue to take further messages from (the writer
+    /// thread's turn), or none (a direct send of one message).
+    fn flush_batch(&mut self, first: Queued<M>, more: Option<&Receiver<Queued<M>>>) {
         let cfg = &self.ctx.config;
         let mut buf = self
             .spare
@@ -243,7 +360,7 @@ impl<M: Message> Writer<M> {
             if buf.len() + tails_len >= cfg.batch_max_bytes || msgs as usize >= cfg.batch_max_msgs {
                 break;
             }
-            next = self.ctx.queue.try_recv().ok();
+            next = more.and_then(|q| q.try_recv().ok());
         }
         let c = &self.ctx;
         c.peer
