@@ -81,12 +81,12 @@ pub(crate) struct Encoder<M> {
 /// Whether a channel that is never sent on has been closed (its sender
 /// dropped).
 fn closed(rx: &Receiver<()>) -> bool {
-    !matches!(rx.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))
+    !matches!(rx.try_recv(), Err(TryRecvError::Empty))
 }
 
 impl<M: Message> Writer<M> {
-    /// The writer thread of a lane, and its encoder (to share with callers
-    /// that send directly).
+    /// The writer thread of a lane ([`share`](Writer::share) hands its
+    /// encoder to direct senders).
     pub fn new(ctx: WriterCtx, queue: Receiver<Queued<M>>) -> Writer<M> {
         Writer {
             shared: false,
@@ -220,9 +220,7 @@ impl<M: Message> Writer<M> {
         let Ok(r) = r else {
             return Woke::End(self.end_reason());
         };
-        let mut enc = self.lock();
-        let buf = enc.account(r);
-        enc.keep_spare(buf);
+        self.lock().take_back(r);
         Woke::Look
     }
 
@@ -260,15 +258,18 @@ impl<M: Message> DirectSend<M> for Mutex<Encoder<M>> {
 }
 
 impl<M: Message> Encoder<M> {
+    /// Accounts for one batch the loop handed back and keeps its buffer.
+    fn take_back(&mut self, r: Returned) {
+        let buf = self.account(r);
+        self.keep_spare(buf);
+    }
+
     /// Accounts for every batch the loop has handed back so far. True if
     /// the loop has let go of the lane (the channel is disconnected).
     fn absorb_returns(&mut self) -> bool {
         loop {
             match self.ctx.returns.try_recv() {
-                Ok(r) => {
-                    let buf = self.account(r);
-                    self.keep_spare(buf);
-                }
+                Ok(r) => self.take_back(r),
                 Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => return true,
             }
